@@ -1,0 +1,65 @@
+"""Shared fixtures: `spawn_gloo` runs one test body on N gloo processes; `assert_close` compares to a reference."""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+torch.set_num_threads(1)
+
+
+def assert_close(actual, expected, atol=1e-6, rtol=1e-6, msg=""):
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, check_dtype=False, msg=msg or None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world_size, port, fn, args, errors):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+    except BaseException:
+        errors.put((rank, traceback.format_exc()))
+        raise
+    finally:
+        dist.destroy_process_group()
+
+
+def run_gloo(world_size: int, fn, *args) -> None:
+    """Run `fn(rank, world_size, *args)` on `world_size` gloo processes; re-raise any child failure."""
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, errors)) for r in range(world_size)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    if not errors.empty():
+        rank, tb = errors.get()
+        raise AssertionError(f"rank {rank} failed:\n{tb}")
+    for r, p in enumerate(procs):
+        if p.exitcode != 0:
+            p.kill()
+            raise AssertionError(f"rank {r} exited with {p.exitcode}")
+
+
+@pytest.fixture
+def spawn_gloo():
+    """`spawn_gloo(n, fn, *args)`: fn must be a module-level function (it is pickled for spawn)."""
+    return run_gloo
