@@ -1,0 +1,12 @@
+"""Evaluation: ranking metrics (`metrics`) and neural-collapse metrics (`collapse`). torch/numpy only."""
+
+from xlc.eval.metrics import (
+    RankingMetrics,
+    accuracy,
+    inv_propensity,
+    ndcg_at_k,
+    precision_at_k,
+    psp_at_k,
+)
+
+__all__ = ["RankingMetrics", "accuracy", "inv_propensity", "ndcg_at_k", "precision_at_k", "psp_at_k"]
