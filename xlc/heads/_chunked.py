@@ -1,0 +1,291 @@
+"""Exact, memory-bounded linear-classifier losses and top-k, chunked over labels.
+
+A weight `[C_local, d]` (+ optional bias `[C_local]`) scores a batch `x [B, d]` one label chunk at a
+time, so no more than `B x chunk` logits ever exist (plus a few same-sized temporaries in backward).
+Forward keeps an online log-sum-exp (running max, rescaled sum-exp); backward recomputes each chunk's
+logits and pushes `dL/dz` through them with `torch.autograd.grad`, so any `logit_fn` (linear, RBF, ...)
+gets exact gradients without storing logits.
+
+Sharding (Megatron vocab-parallel CE / Partial FC): `weight[0]` has global id `label_offset`; targets
+are global ids and only the owner of a target contributes its logit. With `group`, the row max is
+all-reduced (MAX) and the sum-exp and picked target logits (SUM), so every rank returns the loss over
+the union of the shards. Backward needs no collective: `dW`, `db` are the rank's own rows, and `dX`
+is this rank's partial sum, which the caller reduces through its own autograd gather.
+
+Dtypes: for bf16/fp16 `x` the matmul runs in `x.dtype` (tensor cores) and the logits and every sum
+over labels are float32; otherwise the matmul runs in `promote(x.dtype, weight.dtype)`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from xlc.errors import ConfigError, DataError
+
+LogitFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+# One fp32 [B, chunk] logit block is about 64 MiB: B=256 -> 65536 labels per chunk. Backward holds
+# about four such blocks at once (logits, dL/dz, autograd temporaries), so ~256 MiB at the peak.
+CHUNK_BYTES = 64 * 2**20
+PAL_REDUCTIONS = ("pal_sum", "pal_mean")
+LABEL_REDUCTIONS = ("sum", "mean")
+
+
+def default_chunk(batch: int, num_labels: int) -> int:
+    """Labels per chunk so that one fp32 `[batch, chunk]` block stays about `CHUNK_BYTES`."""
+    return max(1, min(num_labels, CHUNK_BYTES // (4 * max(batch, 1))))
+
+
+def linear_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """The default `logit_fn`: `x @ w.T + b`."""
+    z = x @ w.T  # [B, c]
+    return z if b is None else z + b
+
+
+def compute_dtypes(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(matmul dtype, accumulation dtype) for inputs `x` and parameters `weight`."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return x.dtype, torch.float32
+    cd = torch.promote_types(x.dtype, weight.dtype)
+    return cd, torch.promote_types(cd, torch.float32)
+
+
+def all_reduce_(t: torch.Tensor, op: dist.ReduceOp, group) -> torch.Tensor:
+    """In-place all-reduce over `group`; a no-op when `group` is None (single process)."""
+    if group is not None:
+        dist.all_reduce(t, op=op, group=group)
+    return t
+
+
+def global_logsumexp(row_max: torch.Tensor, sum_exp: torch.Tensor, group) -> torch.Tensor:
+    """log sum_j exp(z_j) over all ranks' labels from each rank's (max, sum exp(z - max)) [B]."""
+    top = all_reduce_(row_max.clone(), dist.ReduceOp.MAX, group)  # [B]
+    sum_exp = all_reduce_(sum_exp * torch.exp(row_max - top), dist.ReduceOp.SUM, group)  # [B]
+    return top + torch.log(sum_exp)
+
+
+def validate_targets(targets: torch.Tensor, num_labels: int, batch: int) -> None:
+    """Raise `DataError` unless targets are long `[B]` or `[B, M]` with values in [-1, num_labels)."""
+    if targets.dtype != torch.long or targets.dim() not in (1, 2) or targets.shape[0] != batch:
+        raise DataError(
+            f"targets: expected a long tensor [B] or [B, M] with B={batch}, got {targets.dtype} {list(targets.shape)}"
+        )
+    bad = (targets < -1) | (targets >= num_labels)
+    if bad.any():
+        row = int(bad.nonzero()[0, 0])
+        raise DataError(f"targets row {row}: {targets[row].tolist()} has a label outside [0, {num_labels}) (or -1 padding)")
+
+
+def unique_targets(targets: torch.Tensor) -> torch.Tensor:
+    """`[B]` or `[B, M]` padded targets -> `[B, M]` with each row's duplicate labels replaced by -1."""
+    t = targets.view(targets.shape[0], -1).sort(dim=1).values  # [B, M]
+    dup = torch.zeros_like(t, dtype=torch.bool)
+    dup[:, 1:] = t[:, 1:] == t[:, :-1]
+    return t.masked_fill(dup, -1)
+
+
+def chunk_ranges(num_labels: int, chunk: int) -> Iterator[tuple[int, int]]:
+    for lo in range(0, num_labels, chunk):
+        yield lo, min(lo + chunk, num_labels)
+
+
+def _chunk_logits(x, w, b, cd, acc, logit_fn) -> torch.Tensor:
+    return logit_fn(x.to(cd), w.to(cd), None if b is None else b.to(cd)).to(acc)  # [B, c]
+
+
+def _in_chunk(local: torch.Tensor, lo: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column index into the chunk [lo, lo + size) for each target (clamped) and whether it is inside."""
+    idx = local - lo  # [B, M]
+    inside = (idx >= 0) & (idx < size)
+    return idx.clamp(0, size - 1), inside
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """Per-row `a * R(z) - c * sum_{k in S} z_k` with R = logsumexp ("ce") or sum softplus ("bce").
+
+    dL/dz = g * (a * f(z) - c * onehot_S) with f = softmax or sigmoid: one backward for both losses.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, local, a, c, kind, chunk, group, logit_fn):
+        cd, acc = compute_dtypes(x, weight)
+        batch = x.shape[0]
+        picked = torch.zeros(batch, dtype=acc, device=x.device)  # [B] sum of own target logits
+        row_max = torch.full((batch,), -torch.inf, dtype=acc, device=x.device)  # [B]
+        total = torch.zeros(batch, dtype=acc, device=x.device)  # [B] sum-exp (ce) or sum softplus (bce)
+        for lo, hi in chunk_ranges(weight.shape[0], chunk):
+            z = _chunk_logits(x, weight[lo:hi], None if bias is None else bias[lo:hi], cd, acc, logit_fn)  # [B, c]
+            idx, inside = _in_chunk(local, lo, hi - lo)
+            picked += torch.where(inside, z.gather(1, idx), 0).sum(1)
+            if kind == "ce":
+                new_max = torch.maximum(row_max, z.max(dim=1).values)  # [B]
+                total = total * torch.exp(row_max - new_max) + torch.exp(z - new_max[:, None]).sum(1)
+                row_max = new_max
+            else:
+                total += F.softplus(z).sum(1)
+        if kind == "ce":
+            lse = global_logsumexp(row_max, total, group)  # [B]
+            loss = a * lse - c * all_reduce_(picked, dist.ReduceOp.SUM, group)
+        else:
+            lse = None
+            loss = all_reduce_(a * total - c * picked, dist.ReduceOp.SUM, group)
+        ctx.save_for_backward(x, weight, bias, local, a, c, lse)
+        ctx.kind, ctx.chunk, ctx.logit_fn = kind, chunk, logit_fn
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, bias, local, a, c, lse = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        cd, acc = compute_dtypes(x, weight)
+        grad = grad.to(acc)
+        ga, gc = (grad * a)[:, None], (grad * c)[:, None]  # [B, 1]
+        dx = torch.zeros(x.shape, dtype=acc, device=x.device) if need_x else None  # [B, d]
+        dw = torch.zeros_like(weight) if need_w else None  # [C_local, d]
+        db = torch.zeros_like(bias) if need_b else None  # [C_local]
+        x_leaf = x.detach().requires_grad_(need_x)
+        for lo, hi in chunk_ranges(weight.shape[0], ctx.chunk):
+            w_leaf = weight[lo:hi].detach().requires_grad_(need_w)
+            b_leaf = None if bias is None else bias[lo:hi].detach().requires_grad_(need_b)
+            with torch.enable_grad():
+                z = _chunk_logits(x_leaf, w_leaf, b_leaf, cd, acc, ctx.logit_fn)  # [B, c]
+            f = torch.exp(z.detach() - lse[:, None]) if ctx.kind == "ce" else torch.sigmoid(z.detach())  # [B, c]
+            dz = ga * f  # [B, c]
+            idx, inside = _in_chunk(local, lo, hi - lo)
+            dz.scatter_add_(1, idx, torch.where(inside, -gc, 0))
+            leaves = [t for t, need in ((x_leaf, need_x), (w_leaf, need_w), (b_leaf, need_b)) if need]
+            grads = iter(torch.autograd.grad(z, leaves, dz))
+            if need_x:
+                dx += next(grads)
+            if need_w:
+                dw[lo:hi] = next(grads)
+            if need_b:
+                db[lo:hi] = next(grads)
+        dx = None if dx is None else dx.to(x.dtype)
+        return dx, dw, db, None, None, None, None, None, None, None
+
+
+def _local_targets(targets: torch.Tensor, label_offset: int) -> torch.Tensor:
+    t = unique_targets(targets)  # [B, M]
+    return torch.where(t >= 0, t - label_offset, -1)
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def chunked_cross_entropy(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    chunk: int | None = None,
+    label_offset: int = 0,
+    group=None,
+    logit_fn: LogitFn | None = None,
+    reduction: str = "pal_mean",
+) -> torch.Tensor:
+    """Per-row softmax cross-entropy `[B]` over all labels (all ranks' shards when `group` is given).
+
+    Single-label `targets [B]`: `lse(z) - z_y`. Multi-label `[B, M]` padded with -1, S = the row's
+    distinct labels: `pal_sum` = `sum_{k in S} (lse(z) - z_k)`, `pal_mean` = the same divided by |S|.
+    A row with no label (all -1) gives 0 and a zero gradient; it still counts in a caller's batch mean.
+    """
+    _check_choice("multi_label_loss", reduction, PAL_REDUCTIONS)
+    _, acc = compute_dtypes(x, weight)
+    local = _local_targets(targets, label_offset)  # [B, M]
+    n = (unique_targets(targets) >= 0).sum(1).to(acc)  # [B] |S|, the same on every rank
+    if reduction == "pal_sum":
+        a, c = n, torch.ones_like(n)
+    else:
+        a, c = (n > 0).to(acc), torch.where(n > 0, 1 / n.clamp(min=1), 0)
+    chunk = chunk or default_chunk(x.shape[0], weight.shape[0])
+    return _ChunkedLoss.apply(x, weight, bias, local, a, c, "ce", chunk, group, logit_fn or linear_logits)
+
+
+def chunked_bce(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    chunk: int | None = None,
+    label_offset: int = 0,
+    group=None,
+    logit_fn: LogitFn | None = None,
+    label_reduction: str = "sum",
+) -> torch.Tensor:
+    """Per-row one-vs-all loss `[B]`: `sum_j BCEWithLogits(z_j, y_j)` over all labels of all shards.
+
+    `y` is the row's multi-hot (single-label targets: one-hot; -1 padding: none), built per chunk.
+    `label_reduction="mean"` divides by the total number of labels (the sum of `C_local` over the group).
+    Written as `sum_j softplus(z_j) - sum_{k in S} z_k`, which equals BCE with logits exactly.
+    """
+    _check_choice("label_reduction", label_reduction, LABEL_REDUCTIONS)
+    _, acc = compute_dtypes(x, weight)
+    scale = torch.ones(x.shape[0], dtype=acc, device=x.device)  # [B]
+    if label_reduction == "mean":
+        total = all_reduce_(torch.tensor(float(weight.shape[0]), dtype=acc, device=x.device), dist.ReduceOp.SUM, group)
+        scale = scale / total
+    chunk = chunk or default_chunk(x.shape[0], weight.shape[0])
+    local = _local_targets(targets, label_offset)  # [B, M]
+    return _ChunkedLoss.apply(x, weight, bias, local, scale, scale, "bce", chunk, group, logit_fn or linear_logits)
+
+
+def topk_lowest_index(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of `z [B, c]` along dim 1 ordered by (score desc, index asc); ties never depend on the kernel."""
+    kth = z.topk(k, dim=1).values[:, -1:]  # [B, 1]
+    above = z > kth  # [B, c]
+    tie = z == kth  # [B, c]
+    free = k - above.sum(1, keepdim=True)  # [B, 1] slots left for scores equal to the k-th
+    take = above | (tie & (tie.cumsum(1) <= free))  # [B, c] exactly k per row, lowest indices among ties
+    idx = take.nonzero()[:, 1].view(z.shape[0], k)  # [B, k] ascending index
+    scores, order = z.gather(1, idx).sort(dim=1, descending=True, stable=True)
+    return scores, idx.gather(1, order)
+
+
+def merge_topk(
+    scores_a: torch.Tensor, labels_a: torch.Tensor, scores_b: torch.Tensor, labels_b: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of the union of two disjoint candidate lists `[B, *]`, ties broken by the lower label."""
+    labels, perm = torch.cat([labels_a, labels_b], dim=1).sort(dim=1)  # [B, ka + kb]
+    scores = torch.cat([scores_a, scores_b], dim=1).gather(1, perm)
+    scores, order = scores.sort(dim=1, descending=True, stable=True)
+    return scores[:, :k], labels.gather(1, order[:, :k])
+
+
+@torch.no_grad()
+def chunked_topk(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    k: int,
+    *,
+    chunk: int | None = None,
+    label_offset: int = 0,
+    logit_fn: LogitFn | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k (scores `[B, k]` descending, global labels `[B, k]`) of the logits over this shard.
+
+    Ties are broken by the lower label id, so the result matches `topk_lowest_index` of the full logits.
+    """
+    if not 1 <= k <= weight.shape[0]:
+        raise ConfigError(f"k={k}: expected 1 <= k <= number of labels ({weight.shape[0]})")
+    cd, acc = compute_dtypes(x, weight)
+    logit_fn = logit_fn or linear_logits
+    chunk = chunk or default_chunk(x.shape[0], weight.shape[0])
+    scores = torch.empty(x.shape[0], 0, dtype=acc, device=x.device)  # [B, <=k]
+    labels = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)  # [B, <=k]
+    for lo, hi in chunk_ranges(weight.shape[0], chunk):
+        z = _chunk_logits(x, weight[lo:hi], None if bias is None else bias[lo:hi], cd, acc, logit_fn)  # [B, c]
+        s, i = topk_lowest_index(z, min(k, hi - lo))  # [B, k']
+        scores, labels = merge_topk(scores, labels, s, i + (lo + label_offset), k)
+    return scores, labels
