@@ -1,5 +1,6 @@
 """Evaluation: ranking metrics (`metrics`) and neural-collapse metrics (`collapse`). torch/numpy only."""
 
+from xlc.eval.collapse import NCAccumulator, ncc_mismatch
 from xlc.eval.metrics import (
     RankingMetrics,
     accuracy,
@@ -9,4 +10,4 @@ from xlc.eval.metrics import (
     psp_at_k,
 )
 
-__all__ = ["RankingMetrics", "accuracy", "inv_propensity", "ndcg_at_k", "precision_at_k", "psp_at_k"]
+__all__ = ["NCAccumulator", "ncc_mismatch", "RankingMetrics", "accuracy", "inv_propensity", "ndcg_at_k", "precision_at_k", "psp_at_k"]
