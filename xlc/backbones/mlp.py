@@ -1,0 +1,32 @@
+"""Sparse-feature MLP: EmbeddingBag over (feature id, value) pairs, then ReLU MLP layers.
+
+x = sum_j v_j E[f_j]  ->  [ReLU -> Linear]* -> dropout;  features [B, hidden[-1]].
+The first layer is an `EmbeddingBag(mode="sum", per_sample_weights=values)`, i.e. a sparse
+matrix product with a tf-idf row, so the input never becomes dense.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SparseMLP(nn.Module):
+    def __init__(self, num_features: int, hidden: list[int], dropout: float = 0.2):
+        super().__init__()
+        if not hidden:
+            raise ValueError("hidden must name at least one width")
+        self.embed = nn.EmbeddingBag(num_features, hidden[0], mode="sum")
+        self.bias = nn.Parameter(torch.zeros(hidden[0]))
+        layers: list[nn.Module] = []
+        for width_in, width_out in zip(hidden[:-1], hidden[1:]):
+            layers += [nn.ReLU(), nn.Linear(width_in, width_out)]
+        self.mlp = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(hidden[-1])
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = hidden[-1]
+
+    def forward(self, batch) -> torch.Tensor:
+        """`batch` has `feat_idx [nnz]`, `feat_offsets [B]`, `feat_val [nnz]` (an `xlc.data.Batch`)."""
+        h = self.embed(batch.feat_idx, batch.feat_offsets, per_sample_weights=batch.feat_val) + self.bias  # [B, h0]
+        return self.dropout(self.norm(self.mlp(h)))  # [B, out_dim]

@@ -1,0 +1,132 @@
+"""`xlc` commands. User errors (`XlcError`) become one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import List, Optional
+
+import typer
+
+from xlc.errors import XlcError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and compare extreme-label classifier heads.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks of the hot paths (results in docs/benchmarks.md).")
+app.add_typer(bench_app, name="bench")
+
+OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. head.name=softmax train.epochs=2")
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"run {result['run_id']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in sorted(result["metrics"].items()):
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console(stderr=as_json).print(table)
+    print(f"run_id: {result['run_id']}", file=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(result))
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="Run config YAML"),
+    overrides: Optional[List[str]] = OVERRIDES,
+    as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
+) -> None:
+    """Train one run (resumes a run of the same name); print its MLflow run id and final metrics."""
+    from xlc.config import load
+    from xlc.train.trainer import train as run_training
+
+    cfg = load(config, overrides or [])
+    result = run_training(cfg)
+    _print_result({"run_id": result["run_id"], "metrics": result["metrics"]}, as_json)
+
+
+@app.command()
+def compare(
+    config: str = typer.Argument(..., help="Compare config YAML (cluster_configs/examples/compare-*.yaml)"),
+    overrides: Optional[List[str]] = OVERRIDES,
+    as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
+    out_dir: str = typer.Option("xlc-runs/compare", help="Where the markdown/CSV table and plots are written"),
+) -> None:
+    """Run several heads/baselines on one dataset and print one side-by-side table."""
+    from xlc.compare import run_compare
+
+    summary = run_compare(config, overrides or [], out_dir=out_dir)
+    print(summary["table"])
+    if as_json:
+        print(json.dumps({"experiment": summary["experiment"], "runs": summary["runs"]}))
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port on 127.0.0.1"),
+    uri: Optional[str] = typer.Option(None, help="Tracking URI (default: the local store under ./xlc-runs/)"),
+    host: str = typer.Option("127.0.0.1", help="Bind address; keep 127.0.0.1 unless you mean to expose it"),
+) -> None:
+    """Serve the MLflow UI for the local store on 127.0.0.1."""
+    from xlc import tracking
+
+    store = tracking.resolve_uri(uri)
+    artifacts = str((tracking.RUNS_DIR / "artifacts").resolve())
+    os.execvp(
+        sys.executable,
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+         "--default-artifact-root", artifacts, "--host", host, "--port", str(port)],
+    )
+
+
+@bench_app.command("heads", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_heads(ctx: typer.Context) -> None:
+    """Train-step time, peak memory and top-k time per head and label count (see --help of the bench)."""
+    from xlc.bench.heads import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
+@bench_app.command("data", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_data(ctx: typer.Context) -> None:
+    """XC conversion MB/s, rows/s streamed per worker, synthetic generation RSS."""
+    from data_tools.bench import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
+def _register_data_commands() -> None:
+    from data_tools.cli import app as data_app
+
+    app.add_typer(data_app, name="data", help="Convert, build and inspect dataset directories.")
+
+
+_register_data_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        app(args=argv, standalone_mode=False)
+    except XlcError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code or 0)
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""`xlc compare`: several methods on one dataset and backbone, one MLflow experiment, one table and plots.
+
+Compare config (YAML):
+    name: compare-icd10cm            # experiment name (unless `experiment:` is given) and run-name prefix
+    base: icd10cm-mhp.yaml           # a run config: a path (relative to this file) or an inline mapping
+    methods:                         # each method = the base run config + dotted overrides
+      - {name: mhp, overrides: {head.name: mhp, head.num_heads: 2}}
+      - {name: softmax, overrides: {head.name: softmax}}
+    reuse: true                      # read a method's finished run back from MLflow instead of training again
+Each method trains as run `<name>-<method>`; a summary run `<name>-summary` holds the table (markdown,
+CSV) and the comparison plots as artifacts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import yaml
+
+from xlc import tracking
+from xlc.config import RunConfig, apply_overrides, from_dict
+from xlc.errors import ConfigError
+
+COLUMNS = [
+    ("p@1", "P@1"), ("p@3", "P@3"), ("p@5", "P@5"), ("ndcg@5", "nDCG@5"), ("psp@5", "PSP@5"),
+    ("train_seconds", "train s"), ("samples_per_second", "samples/s"),
+    ("peak_memory_bytes", "peak MiB"), ("head_parameters", "head params"),
+]
+
+
+def _load(path: str | Path, overrides: list[str]) -> tuple[str, str, list[tuple[str, RunConfig]], bool]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: compare config not found") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("methods"), list) or not raw.get("name"):
+        raise ConfigError(f"{path}: expected keys name, base, methods (a list of {{name, overrides}})")
+    unknown = set(raw) - {"name", "experiment", "base", "methods", "reuse"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, experiment, base, methods, reuse")
+    base = raw.get("base")
+    if isinstance(base, str):
+        base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
+        try:
+            base = yaml.safe_load(base_path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: base={raw['base']!r}: file {base_path} not found") from None
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base must be a run config mapping or a path to one")
+    name, experiment = raw["name"], raw.get("experiment", raw["name"])
+    methods = []
+    for i, m in enumerate(raw["methods"]):
+        if not isinstance(m, dict) or "name" not in m:
+            raise ConfigError(f"{path}: methods[{i}]: expected a mapping with name and overrides")
+        items = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                 for k, v in (m.get("overrides") or {}).items()]
+        items += [f"name={name}-{m['name']}", f"tracking.experiment={experiment}"]
+        raw_cfg = apply_overrides(yaml.safe_load(yaml.safe_dump(base)), items)
+        try:
+            methods.append((m["name"], from_dict(raw_cfg, overrides)))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: method {m['name']!r}: {e}") from None
+    return name, experiment, methods, bool(raw.get("reuse", False))
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if key == "peak_memory_bytes":
+        return f"{value / 2**20:.0f}"
+    if key in ("head_parameters",):
+        return f"{int(value):,}"
+    if key in ("train_seconds", "samples_per_second"):
+        return f"{value:.1f}"
+    return f"{100 * value:.2f}"
+
+
+def format_table(runs: list[dict]) -> tuple[str, str]:
+    """(markdown, csv) with one row per method; ranking metrics as percentages."""
+    header = ["method"] + [title for _, title in COLUMNS]
+    rows = [[r["method"]] + [_cell(k, r["metrics"].get(k)) for k, _ in COLUMNS] for r in runs]
+    md = "| " + " | ".join(header) + " |\n|" + "|".join("---" for _ in header) + "|\n"
+    md += "".join("| " + " | ".join(row) + " |\n" for row in rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["method", "run_id"] + [k for k, _ in COLUMNS])
+    for r in runs:
+        writer.writerow([r["method"], r["run_id"]] + [r["metrics"].get(k, "") for k, _ in COLUMNS])
+    return md, buf.getvalue()
+
+
+def plot(runs: list[dict], out: Path) -> list[Path]:
+    """P@k per method (bars) and P@1 against head parameters (log x): the cost/accuracy trade-off."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ks = [k for k in ("p@1", "p@3", "p@5") if any(k in r["metrics"] for r in runs)]
+    width = 0.8 / max(len(runs), 1)
+    for i, r in enumerate(runs):
+        ax.bar([j + i * width for j in range(len(ks))], [100 * r["metrics"].get(k, 0) for k in ks], width, label=r["method"])
+    ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(ks))], [k.upper() for k in ks])
+    ax.set_ylabel("%")
+    ax.legend()
+    ax.set_title("Ranking metrics per method")
+    paths.append(out / "metrics.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in runs:
+        ax.scatter(r["metrics"].get("head_parameters", 0), 100 * r["metrics"].get("p@1", 0), s=40)
+        ax.annotate(r["method"], (r["metrics"].get("head_parameters", 0), 100 * r["metrics"].get("p@1", 0)))
+    ax.set_xscale("log")
+    ax.set_xlabel("head parameters")
+    ax.set_ylabel("P@1 (%)")
+    ax.set_title("Accuracy against head size")
+    paths.append(out / "p1_vs_head_parameters.png")
+    fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "xlc-runs/compare") -> dict:
+    from xlc.train.trainer import train
+
+    name, experiment, methods, reuse = _load(path, overrides)
+    uri = None
+    runs = []
+    for method, cfg in methods:
+        uri = tracking.resolve_uri(cfg.tracking.uri)
+        previous = tracking.find_run(uri, experiment, cfg.name) if reuse else None
+        if previous is not None and previous.info.status == "FINISHED":
+            metrics = {tracking.metric_name(k): v for k, v in previous.data.metrics.items()}
+            runs.append({"method": method, "run_id": previous.info.run_id, "metrics": metrics})
+            continue
+        result = train(cfg)
+        runs.append({"method": method, "run_id": result["run_id"], "metrics": result["metrics"]})
+
+    md, table_csv = format_table(runs)
+    out = Path(out_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(md)
+    (out / "table.csv").write_text(table_csv)
+    figures = plot(runs, out)
+    summary_id, _ = tracking.start_run(uri, experiment, f"{name}-summary", {"methods": ",".join(m for m, _ in methods)},
+                                       {"kind": "compare-summary", "git_commit": tracking.git_commit()})
+    logger = tracking.RunLogger(uri, summary_id)
+    for artifact in [out / "table.md", out / "table.csv", *figures]:
+        logger.artifact(artifact)
+    tracking.end_run(uri, summary_id)
+    return {"experiment": experiment, "runs": runs, "table": md, "out_dir": str(out)}

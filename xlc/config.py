@@ -1,0 +1,252 @@
+"""Typed run config: YAML + dotted `key=value` overrides -> `RunConfig`, every error reported at once.
+
+Each section is a dataclass whose fields carry a docstring-like comment; unknown keys, wrong types and
+impossible values raise one `ConfigError` whose lines each name the dotted key, the value and what is
+allowed. Components receive flat arguments, never this object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xlc.errors import ConfigError
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "mlp"  # one of xlc.backbones.BACKBONES
+    hidden: list[int] = field(default_factory=lambda: [1024])  # hidden widths; the last is the feature dim
+    dropout: float = 0.2  # dropout on the features
+    options: dict[str, Any] = field(default_factory=dict)  # backbone-specific extras (e.g. text max_len)
+
+
+@dataclass
+class HeadConfig:
+    """`name` plus any options of that head's constructor (checked against its signature)."""
+
+    name: str = "softmax"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5  # passes over the training split
+    batch_size: int = 256  # per-worker micro-batch; global batch = workers x batch_size
+    lr: float = 1e-3  # AdamW learning rate of the backbone
+    head_lr: float | None = None  # AdamW learning rate of the head (None: lr)
+    weight_decay: float = 0.0
+    seed: int = 0
+    log_every_steps: int = 20  # loss logged to MLflow every N steps
+    checkpoint_every_steps: int = 0  # extra checkpoints every N steps (0: only at epoch ends)
+    max_steps: int | None = None  # stop after this many optimiser steps (None: all epochs)
+
+
+@dataclass
+class EvalConfig:
+    k: list[int] = field(default_factory=lambda: [1, 3, 5])  # P@k / nDCG@k / PSP@k cut-offs
+    psp_a: float = 0.55  # propensity A (Jain et al. 2016)
+    psp_b: float = 1.5  # propensity B
+    collapse: bool = False  # log neural-collapse metrics (NC1-NC4) on train features at each eval
+    max_rows: int | None = None  # evaluate on at most this many test rows (None: all)
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # MLflow tracking URI; None: sqlite store under ./xlc-runs/
+    experiment: str = "xlc"
+
+
+@dataclass
+class StorageConfig:
+    path: str | None = None  # checkpoint storage (shared FS or s3:// on clusters); None: ./xlc-runs/checkpoints
+    keep: int = 2  # checkpoints kept per run
+    max_failures: int = 0  # worker-group restarts Ray attempts from the last checkpoint
+
+
+@dataclass
+class RunConfig:
+    name: str  # run name: the MLflow run name and the resume key
+    data: str  # dataset directory (design.md §3)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    workers: int = 2  # Ray workers, one DeepSpeed rank each
+    use_gpu: bool = False  # one GPU per worker
+    deepspeed: str | None = None  # path to a DeepSpeed JSON; None: ZeRO-0 fp32 AdamW (CPU/gloo safe)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["head"] = {"name": self.head.name, **self.head.options}
+        return out
+
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, errors: list[str]) -> Any:
+    """Check `value` against annotation `tp`; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            out = _coerce(value, arg, key, trial)
+            if not trial:
+                return out
+        errors.append(f"{key}={_fmt(value)}: expected {_type_name(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            errors.append(f"{key}={_fmt(value)}: expected {_type_name(tp)}")
+            return value
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]", errors) for i, v in enumerate(value)]
+    if origin is dict or tp is Any:
+        if origin is dict and not isinstance(value, dict):
+            errors.append(f"{key}={_fmt(value)}: expected a mapping")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        errors.append(f"{key}={_fmt(value)}: expected {_type_name(tp)}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, errors: list[str]):
+    if not isinstance(raw, dict):
+        errors.append(f"{prefix or 'config'}={_fmt(raw)}: expected a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}")
+        return None
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            errors.append(f"{prefix}{key}: unknown key; allowed: {', '.join(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                errors.append(f"{prefix}{f.name}: required key is missing")
+            continue
+        value, tp = raw[f.name], hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, value, f"{prefix}{f.name}.", errors)
+        else:
+            kwargs[f.name] = _coerce(value, tp, f"{prefix}{f.name}", errors)
+    return cls(**kwargs) if not errors else None
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[leaf] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply `a.b=value` overrides (values parsed as YAML scalars/lists) to a raw config mapping."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
+        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+    return raw
+
+
+def _check_values(cfg: RunConfig, errors: list[str]) -> None:
+    positive = {
+        "workers": cfg.workers,
+        "train.epochs": cfg.train.epochs,
+        "train.batch_size": cfg.train.batch_size,
+        "storage.keep": cfg.storage.keep,
+        "train.log_every_steps": cfg.train.log_every_steps,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            errors.append(f"{key}={value}: must be >= 1")
+    for key, value in {"train.lr": cfg.train.lr, "train.head_lr": cfg.train.head_lr}.items():
+        if value is not None and not value > 0:
+            errors.append(f"{key}={value}: must be > 0")
+    if not 0 <= cfg.backbone.dropout < 1:
+        errors.append(f"backbone.dropout={cfg.backbone.dropout}: must be in [0, 1)")
+    if not cfg.eval.k or any(k < 1 for k in cfg.eval.k):
+        errors.append(f"eval.k={cfg.eval.k}: must be a non-empty list of integers >= 1")
+    if cfg.train.checkpoint_every_steps < 0 or cfg.storage.max_failures < -1:
+        errors.append("train.checkpoint_every_steps must be >= 0 and storage.max_failures >= -1 (-1: unlimited)")
+    if not cfg.name or "/" in cfg.name:
+        errors.append(f"name={cfg.name!r}: must be a non-empty run name without '/'")
+
+
+def _check_components(cfg: RunConfig, errors: list[str]) -> None:
+    """Names of the backbone and head, and head options against the constructor signature."""
+    from xlc.backbones import BACKBONES
+    from xlc.heads import HEADS, head_options
+
+    if cfg.backbone.name not in BACKBONES:
+        errors.append(f"backbone.name={cfg.backbone.name!r}: expected one of {', '.join(sorted(BACKBONES))}")
+    if cfg.head.name not in HEADS:
+        errors.append(f"head.name={cfg.head.name!r}: expected one of {', '.join(sorted(HEADS))}")
+        return
+    allowed = [o for o in head_options(cfg.head.name) if o != "process_group"]
+    for opt in cfg.head.options:
+        if opt not in allowed:
+            errors.append(f"head.{opt}: not an option of head {cfg.head.name!r}; valid options: {', '.join(allowed) or '(none)'}")
+
+
+def from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    raw = apply_overrides(dict(raw), overrides)
+    head = raw.get("head")
+    if isinstance(head, dict):  # the head section is flat in YAML: {name: mhp, num_heads: 2}
+        head = dict(head)
+        raw["head"] = {"name": head.pop("name", "softmax"), "options": head}
+    errors: list[str] = []
+    cfg = _build(RunConfig, raw, "", errors)
+    if cfg is not None:
+        _check_values(cfg, errors)
+        _check_components(cfg, errors)
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return cfg
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config and apply dotted overrides; raise `ConfigError` listing every problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return from_dict(raw, overrides)

@@ -1,0 +1,173 @@
+"""MLflow: the local store, run setup and resume by name, flat params, metrics, artifacts, reading runs back.
+
+With no tracking URI, runs go to a SQLite store `./xlc-runs/mlflow.db` with artifacts under
+`./xlc-runs/artifacts`. A run is identified by (experiment, run name): starting a run whose name
+already exists reuses that MLflow run, which is how `xlc train` resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+RUNS_DIR = Path("xlc-runs")
+MAX_PARAM_LENGTH = 6000
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI: `uri` as given, or the absolute SQLite store under ./xlc-runs/."""
+    if uri:
+        return uri
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(RUNS_DIR / 'mlflow.db').resolve()}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
+    return None  # a tracking server decides
+
+
+def client(uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=_artifact_root(uri))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}: MLflow params are flat strings."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LENGTH]
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def find_run(uri: str, experiment: str, run_name: str):
+    """The newest run of `experiment` named `run_name`, or None."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> tuple[str, bool]:
+    """Create the run named `run_name`, or reopen it: returns (run_id, resumed)."""
+    c = client(uri)
+    existing = find_run(uri, experiment, run_name)
+    if existing is not None:
+        c.update_run(existing.info.run_id, status="RUNNING")
+        return existing.info.run_id, True
+    run = c.create_run(experiment_id(uri, experiment), run_name=run_name, tags=tags)
+    c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    return run.info.run_id, False
+
+
+def end_run(uri: str, run_id: str, failed: bool = False) -> None:
+    client(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+
+
+class RunLogger:
+    """Logging into one existing run, from any process (rank 0 of the workers, or the driver)."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client = client(uri)
+        self.run_id = run_id
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(_metric_key(k), float(v), now, step) for k, v in values.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def tags(self, values: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+
+    def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def text(self, text: str, file_name: str) -> None:
+        self.client.log_text(self.run_id, text, file_name)
+
+    def dict(self, value: dict, file_name: str) -> None:
+        self.client.log_dict(self.run_id, value, file_name)
+
+    def figure(self, fig, file_name: str) -> None:
+        self.client.log_figure(self.run_id, fig, file_name)
+
+
+def _metric_key(name: str) -> str:
+    # MLflow keys allow [A-Za-z0-9_-./ ]; '@' is kept out of stored names (p@1 -> p_at_1) and mapped back on read.
+    return name.replace("@", "_at_")
+
+
+def metric_name(key: str) -> str:
+    return key.replace("_at_", "@")
+
+
+def read_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
+    """Every run of `experiment`: name, id, status, params, tags and the last value of each metric."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    out = []
+    for run in c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=10000):
+        out.append(
+            {
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                "status": run.info.status,
+                "params": dict(run.data.params),
+                "tags": dict(run.data.tags),
+                "metrics": {metric_name(k): v for k, v in run.data.metrics.items()},
+            }
+        )
+    return out
+
+
+__all__ = [
+    "RunLogger",
+    "end_run",
+    "experiment_id",
+    "find_run",
+    "flatten",
+    "git_commit",
+    "metric_name",
+    "read_runs",
+    "resolve_uri",
+    "start_run",
+]

@@ -1,0 +1,168 @@
+"""Checkpoints: world-size-agnostic head shards, a checksummed manifest per rank, and corruption fallback.
+
+Layout of one checkpoint directory (each rank writes its own files; Ray merges them):
+    engine/                 DeepSpeed `save_checkpoint` (backbone + replicated head + optimiser)
+    head_shard_{r}.pt       label-sharded head of rank r: {label_start, label_end, tensors, moments, rest}
+    state.json              epoch, step, world size (rank 0)
+    manifest_{r}.json       sha256 + size of every file rank r wrote
+A label-sharded head names its label-dimension state entries in `label_sharded`; on load the rows of
+the new range [start, end) are cut from whichever saved shards cover them, so a run saved on 2
+workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from xlc.errors import DataError
+
+STATE_FILE = "state.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_manifest(directory: Path, rank: int, files: list[Path]) -> None:
+    """Record sha256 and size of `files` (relative to `directory`) as manifest_{rank}.json."""
+    entries = {str(f.relative_to(directory)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in files}
+    _atomic_write_bytes(directory / f"manifest_{rank}.json", json.dumps(entries, indent=1, sort_keys=True).encode())
+
+
+def verify(directory: str | Path) -> list[str]:
+    """Problems found in a checkpoint directory: missing manifest, missing, truncated or altered files."""
+    directory = Path(directory)
+    manifests = sorted(directory.glob("manifest_*.json"))
+    if not manifests:
+        return [f"{directory}: no manifest_*.json (checkpoint incomplete)"]
+    problems = []
+    for manifest in manifests:
+        try:
+            entries = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            problems.append(f"{manifest}: unreadable ({e})")
+            continue
+        for name, want in entries.items():
+            path = directory / name
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif path.stat().st_size != want["bytes"]:
+                problems.append(f"{path}: {path.stat().st_size} bytes, expected {want['bytes']} (truncated)")
+            elif _sha256(path) != want["sha256"]:
+                problems.append(f"{path}: checksum mismatch")
+    return problems
+
+
+def files_under(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("manifest_"))
+
+
+def write_state(directory: Path, state: dict) -> Path:
+    path = directory / STATE_FILE
+    _atomic_write_bytes(path, json.dumps(state, indent=1, sort_keys=True).encode())
+    return path
+
+
+def read_state(directory: str | Path) -> dict:
+    return json.loads((Path(directory) / STATE_FILE).read_text())
+
+
+def latest_valid(candidate: str | Path) -> Path | None:
+    """`candidate` if it verifies; else the newest sibling checkpoint_* that does, with a warning."""
+    candidate = Path(candidate)
+    problems = verify(candidate)
+    if not problems:
+        return candidate
+    warnings.warn(f"checkpoint {candidate} is corrupt ({'; '.join(problems[:3])}); trying the previous one", stacklevel=2)
+    siblings = sorted((p for p in candidate.parent.glob("checkpoint_*") if p.is_dir() and p != candidate), reverse=True)
+    for sibling in siblings:
+        if sibling.name < candidate.name and not verify(sibling):
+            warnings.warn(f"resuming from {sibling}", stacklevel=2)
+            return sibling
+    return None
+
+
+# ---------------------------------------------------------------- label-sharded heads
+
+def _named_moments(head: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
+    return {name: dict(optimizer.state[p]) for name, p in head.named_parameters() if p in optimizer.state}
+
+
+def save_head_shard(directory: Path, head: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> Path:
+    """Write rank `rank`'s head shard with its global label range, its tensors and its Adam moments."""
+    state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
+    sharded = set(head.label_sharded)
+    payload = {
+        "label_start": int(head.label_start),
+        "label_end": int(head.label_end),
+        "num_labels": int(head.num_labels),
+        "tensors": {k: v for k, v in state.items() if k in sharded},
+        "rest": {k: v for k, v in state.items() if k not in sharded},
+        "moments": {
+            name: {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in m.items()}
+            for name, m in _named_moments(head, optimizer).items()
+        },
+    }
+    path = directory / f"head_shard_{rank}.pt"
+    _atomic_torch_save(payload, path)
+    return path
+
+
+def _cut(shards: list[dict], pick, start: int, end: int) -> torch.Tensor | None:
+    """Rows [start, end) of the label dimension assembled from saved shards; pick(shard) -> tensor or None."""
+    pieces = []
+    for s in sorted(shards, key=lambda s: s["label_start"]):
+        lo, hi = max(start, s["label_start"]), min(end, s["label_end"])
+        tensor = pick(s)
+        if lo < hi and tensor is not None:
+            pieces.append(tensor[lo - s["label_start"] : hi - s["label_start"]])
+    if not pieces:
+        return None
+    out = torch.cat(pieces)
+    assert out.shape[0] == end - start, "saved shards do not cover the label range"
+    return out
+
+
+def load_head_shard(directory: str | Path, head: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load rows [head.label_start, head.label_end) from every saved shard (any saved world size)."""
+    paths = sorted(Path(directory).glob("head_shard_*.pt"))
+    if not paths:
+        raise DataError(f"{directory}: checkpoint has no head_shard_*.pt files for the sharded head")
+    shards = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    if shards[0]["num_labels"] != head.num_labels:
+        raise DataError(f"{paths[0]}: saved head has {shards[0]['num_labels']} labels, this run {head.num_labels}")
+    start, end = int(head.label_start), int(head.label_end)
+    state = dict(shards[0]["rest"])
+    for key in head.label_sharded:
+        state[key] = _cut(shards, lambda s: s["tensors"].get(key), start, end)
+    head.load_state_dict({k: v for k, v in state.items() if v is not None})
+    params = dict(head.named_parameters())
+    for name in shards[0]["moments"]:
+        moments = {}
+        for key, value in shards[0]["moments"][name].items():
+            if torch.is_tensor(value) and value.dim() > 0 and name in head.label_sharded:
+                value = _cut(shards, lambda s: s["moments"].get(name, {}).get(key), start, end)
+            moments[key] = value.to(params[name].device) if torch.is_tensor(value) and value.dim() > 0 else value
+        optimizer.state[params[name]] = moments

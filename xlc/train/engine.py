@@ -1,0 +1,71 @@
+"""DeepSpeed setup: the default config (ZeRO-0, fp32, CPU/gloo safe), JSON configs, and the head optimiser.
+
+The backbone (and a replicated head) live in the DeepSpeed engine and are averaged data-parallel.
+A label-sharded head is kept out of the engine with its own AdamW: its shards differ per rank and
+must never enter data-parallel gradient averaging (Partial FC keeps PFC outside DDP for the same reason).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from xlc.errors import ConfigError
+
+
+def select_accelerator(use_gpu: bool) -> None:
+    """Must run before `import deepspeed`: DeepSpeed picks its accelerator at import time."""
+    if not use_gpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def deepspeed_config(path: str | None, *, batch_size: int, lr: float, weight_decay: float) -> dict:
+    """The DeepSpeed JSON at `path` (its "auto" values filled in), or the default ZeRO-0 fp32 config."""
+    if path is None:
+        return {
+            "train_micro_batch_size_per_gpu": batch_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": 0},
+            "steps_per_print": 10**9,
+        }
+    try:
+        cfg = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"deepspeed={path!r}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"deepspeed={path!r}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    if cfg.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        cfg["train_micro_batch_size_per_gpu"] = batch_size
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch x accumulation x world
+    for key, value in (cfg.get("optimizer") or {}).get("params", {}).items():
+        if value == "auto":
+            cfg["optimizer"]["params"][key] = {"lr": lr, "weight_decay": weight_decay}.get(key, value)
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+def initialize(model: torch.nn.Module, param_groups: list[dict], ds_config: dict, *, lr: float, weight_decay: float):
+    """`deepspeed.initialize` with a client AdamW over `param_groups` unless the JSON names an optimizer."""
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    optimizer = None
+    if "optimizer" not in ds_config:
+        optimizer = torch.optim.AdamW(param_groups, lr=lr, weight_decay=weight_decay)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        model_parameters=param_groups if optimizer is None else None,
+        optimizer=optimizer,
+        config=ds_config,
+    )
+    return engine
+
+
+def zero_stage(ds_config: dict) -> int:
+    return int((ds_config.get("zero_optimization") or {}).get("stage", 0))
