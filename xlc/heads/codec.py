@@ -12,6 +12,7 @@ import math
 import torch
 
 from xlc.errors import ConfigError, DataError
+from xlc.heads._chunked import PAL_REDUCTIONS, unique_targets, validate_targets
 
 
 def _int_root(n: int, h: int) -> int:
@@ -124,4 +125,23 @@ def contiguous_groups(num_labels: int, num_groups: int | None = None, group_size
     return MixedRadix(num_labels, sizes=[-(-num_labels // group_size), group_size])
 
 
-__all__ = ["MixedRadix", "balanced_sizes", "contiguous_groups"]
+def positive_pairs(
+    targets: torch.Tensor, num_labels: int, batch: int, reduction: str = "pal_mean"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validated targets `[B]` / `[B, M]` (-1 padded) -> (rows [N], labels [N], weights [N]), one per positive.
+
+    Duplicates within a row count once. Weights implement the PAL reduction over a row's positives S:
+    `pal_sum` weighs each 1, `pal_mean` 1/|S|, so a head's loss is `sum_n weight_n * loss_n / B`.
+    """
+    if reduction not in PAL_REDUCTIONS:
+        raise ConfigError(f"multi_label_loss={reduction!r}: expected one of {', '.join(PAL_REDUCTIONS)}")
+    validate_targets(targets, num_labels, batch)
+    t = unique_targets(targets)  # [B, M]
+    positive = t >= 0  # [B, M]
+    rows, cols = positive.nonzero(as_tuple=True)  # [N]
+    count = positive.sum(1)  # [B] |S|
+    weights = 1.0 / count[rows] if reduction == "pal_mean" else torch.ones(rows.shape[0], device=t.device)  # [N]
+    return rows, t[rows, cols], weights
+
+
+__all__ = ["MixedRadix", "balanced_sizes", "contiguous_groups", "positive_pairs"]
