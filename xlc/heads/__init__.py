@@ -32,6 +32,16 @@ class Head(Protocol):
 # name -> class; each class takes (num_labels, in_dim, **options). Filled in by the modules below.
 HEADS: dict[str, type[torch.nn.Module]] = {}
 
+from xlc.heads.bce import BCEHead  # noqa: E402  (the registry is filled after HEADS exists)
+from xlc.heads.rbf import RBFHead  # noqa: E402
+from xlc.heads.softmax import ChunkedSoftmaxHead, SoftmaxHead  # noqa: E402
+
+HEADS.update(softmax=SoftmaxHead, chunked_softmax=ChunkedSoftmaxHead, bce=BCEHead, rbf=RBFHead)
+
+from xlc.heads.tree import TreeHead  # noqa: E402
+
+HEADS["tree"] = TreeHead
+
 
 def build_head(name: str, num_labels: int, in_dim: int, **options) -> torch.nn.Module:
     """Construct head `name`; unknown names or options raise `ConfigError` (a ValueError) listing the valid ones."""

@@ -81,6 +81,11 @@ def validate_targets(targets: torch.Tensor, num_labels: int, batch: int) -> None
         raise DataError(f"targets row {row}: {targets[row].tolist()} has a label outside [0, {num_labels}) (or -1 padding)")
 
 
+def check_k(k: int, num_labels: int) -> None:
+    if not 1 <= k <= num_labels:
+        raise ConfigError(f"k={k}: expected 1 <= k <= number of labels ({num_labels})")
+
+
 def unique_targets(targets: torch.Tensor) -> torch.Tensor:
     """`[B]` or `[B, M]` padded targets -> `[B, M]` with each row's duplicate labels replaced by -1."""
     t = targets.view(targets.shape[0], -1).sort(dim=1).values  # [B, M]
@@ -176,7 +181,7 @@ def _local_targets(targets: torch.Tensor, label_offset: int) -> torch.Tensor:
     return torch.where(t >= 0, t - label_offset, -1)
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
 
@@ -199,7 +204,7 @@ def chunked_cross_entropy(
     distinct labels: `pal_sum` = `sum_{k in S} (lse(z) - z_k)`, `pal_mean` = the same divided by |S|.
     A row with no label (all -1) gives 0 and a zero gradient; it still counts in a caller's batch mean.
     """
-    _check_choice("multi_label_loss", reduction, PAL_REDUCTIONS)
+    check_choice("multi_label_loss", reduction, PAL_REDUCTIONS)
     _, acc = compute_dtypes(x, weight)
     local = _local_targets(targets, label_offset)  # [B, M]
     n = (unique_targets(targets) >= 0).sum(1).to(acc)  # [B] |S|, the same on every rank
@@ -229,7 +234,7 @@ def chunked_bce(
     `label_reduction="mean"` divides by the total number of labels (the sum of `C_local` over the group).
     Written as `sum_j softplus(z_j) - sum_{k in S} z_k`, which equals BCE with logits exactly.
     """
-    _check_choice("label_reduction", label_reduction, LABEL_REDUCTIONS)
+    check_choice("label_reduction", label_reduction, LABEL_REDUCTIONS)
     _, acc = compute_dtypes(x, weight)
     scale = torch.ones(x.shape[0], dtype=acc, device=x.device)  # [B]
     if label_reduction == "mean":
@@ -277,8 +282,7 @@ def chunked_topk(
 
     Ties are broken by the lower label id, so the result matches `topk_lowest_index` of the full logits.
     """
-    if not 1 <= k <= weight.shape[0]:
-        raise ConfigError(f"k={k}: expected 1 <= k <= number of labels ({weight.shape[0]})")
+    check_k(k, weight.shape[0])
     cd, acc = compute_dtypes(x, weight)
     logit_fn = logit_fn or linear_logits
     chunk = chunk or default_chunk(x.shape[0], weight.shape[0])

@@ -1,0 +1,89 @@
+"""`rbf` head: z_j = s * exp(-||x - W_j||^2 / gamma) and CE / PAL over z, against float64 references."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from tests.conftest import assert_close
+from tests.heads.test_softmax import TARGETS, fit_top1, separable
+from xlc.errors import ConfigError
+from xlc.heads import build_head
+from xlc.heads._chunked import chunked_cross_entropy
+from xlc.heads.rbf import rbf_logits
+
+
+def reference_logits(x, w, scale, gamma):
+    """The broadcast form the paper's code uses: [B, C, d] differences."""
+    return scale * torch.exp(-((x[:, None, :] - w[None, :, :]) ** 2).sum(-1) / gamma)
+
+
+def test_logits_match_the_broadcast_form():
+    x, w = torch.randn(6, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
+    assert_close(rbf_logits(x, w, None, scale=35.0, gamma=16.0), reference_logits(x, w, 35.0, 16.0))
+    assert_close(rbf_logits(w[:3], w, None, scale=2.0, gamma=1.0).diagonal(), torch.full((3,), 2.0))  # d clamps to 0
+
+
+@pytest.mark.parametrize("kind", ["single", "multi"])
+@pytest.mark.parametrize("reduction", ["pal_mean", "pal_sum"])
+def test_gradcheck(kind, reduction):
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(21, 3, dtype=torch.float64, requires_grad=True)
+    fn = functools.partial(rbf_logits, scale=4.0, gamma=3.0)
+    loss = lambda x, w: chunked_cross_entropy(x, w, None, TARGETS[kind], chunk=4, logit_fn=fn, reduction=reduction)  # noqa: E731
+    assert torch.autograd.gradcheck(loss, (x, w))
+
+
+@pytest.mark.parametrize("chunk", [1, 5, None])
+@pytest.mark.parametrize("kind", ["single", "multi"])
+def test_head_loss_and_grads_match_reference(chunk, kind):
+    torch.manual_seed(0)
+    head = build_head("rbf", 21, 5, chunk=chunk, scale=10.0, gamma=4.0, multi_label_loss="pal_sum").double()
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    loss = head.loss(x, TARGETS[kind])
+    grads = torch.autograd.grad(loss, (x, head.weight))
+    w = head.weight.detach().requires_grad_()
+    y = torch.zeros(6, 21, dtype=torch.float64)
+    for i, row in enumerate(TARGETS[kind].view(6, -1).tolist()):
+        y[i, [t for t in row if t >= 0]] = 1.0
+    want = -(y * torch.log_softmax(reference_logits(x, w, 10.0, 4.0), 1)).sum(1).mean()
+    assert_close(loss, want)
+    for got, ref in zip(grads, torch.autograd.grad(want, (x, w))):
+        assert_close(got, ref)
+
+
+def test_topk_is_the_nearest_prototypes():
+    head = build_head("rbf", 40, 6, chunk=7).double()
+    x = head.weight.detach()[[3, 17, 39]] + 0.01
+    dist = torch.cdist(x, head.weight.detach())  # [3, 40]
+    s, i = head.topk(x, 4)
+    assert torch.equal(i, dist.topk(4, largest=False).indices)
+    assert_close(s, head.scale * torch.exp(-dist.gather(1, i) ** 2 / head.gamma))
+    assert not hasattr(head, "bias") or head.bias is None
+
+
+def test_defaults_and_user_errors():
+    head = build_head("rbf", 10, 4)
+    assert (head.scale, head.gamma) == (35.0, 16.0)
+    with pytest.raises(ConfigError, match="head.gamma=0"):
+        build_head("rbf", 10, 4, gamma=0)
+    with pytest.raises(ConfigError, match="head.bias"):
+        build_head("rbf", 10, 4, bias=True)
+
+
+def test_bfloat16_features():
+    head = build_head("rbf", 30, 8)
+    x = torch.randn(4, 8)
+    xb = x.bfloat16().requires_grad_()
+    loss = head.loss(xb, torch.tensor([0, 5, 9, 29]))
+    loss.backward()
+    assert loss.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16
+    assert_close(loss, head.loss(x, torch.tensor([0, 5, 9, 29])), atol=0.05, rtol=0.02)
+
+
+def test_training_separates_classes():
+    x, y = separable()
+    torch.manual_seed(0)
+    assert fit_top1(build_head("rbf", 16, 8, chunk=5), x, y) > 0.97
