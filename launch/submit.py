@@ -1,0 +1,255 @@
+"""Submit an xlc run to a Ray cluster as a Ray job: `xlc submit CONFIG --address URL [key=value ...]`.
+
+The job runs `python -m xlc.cli train CONFIG key=value ...` in a copy of the working directory (the
+repository root, large and private paths excluded), so the run config that works locally works
+unchanged on the cluster. Two things must be shared by every node and are therefore passed, not
+uploaded: the dataset directory (`data=/shared/...` override; `data/` is never uploaded) and the
+MLflow tracking URI (`--tracking-uri`, a server all nodes reach). Checkpoints go to `storage.path`.
+
+`pip=None` assumes the cluster image already has xlc's dependencies (see cluster_configs/*.yaml);
+`pinned_requirements()` gives the runtime dependencies pinned from constraints.txt for a bare image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+import tomllib
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from xlc.errors import ConfigError, XlcError
+
+# gitignore syntax, relative to the working dir; "/data/" is anchored so xlc/data/ is still uploaded.
+WORKING_DIR_EXCLUDES = [
+    ".git/",
+    ".venv/",
+    "/data/",
+    "/xlc-runs/",
+    "mlruns/",
+    "*.parquet",
+    "*.db",
+    "__pycache__/",
+    "*.egg-info/",
+    ".pytest_cache/",
+    ".hypothesis/",
+    "*.pt",
+    "*.safetensors",
+]
+
+DEFAULT_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PYTHONUNBUFFERED": "1",  # so `ray job logs --follow` shows progress as it happens
+}
+
+# The driver command; `python -m` works whether xlc is pip-installed on the image or only on PYTHONPATH
+# (Ray puts the uploaded working dir first on every worker's PYTHONPATH).
+ENTRYPOINT = ("python", "-m", "xlc.cli", "train")
+
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class JobFailed(RuntimeError):
+    """A job submitted with no_wait=False ended in a state other than SUCCEEDED (not a user error: exit 1)."""
+
+
+def pinned_requirements(root: str | Path = ".") -> list[str]:
+    """xlc's runtime dependencies from `root/pyproject.toml`, each pinned to its `root/constraints.txt` version.
+
+    Ray itself is left out: the cluster already runs Ray, and the client's Ray version must match it.
+    """
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = Path(root)
+    pins: dict[str, str] = {}
+    for line in (root / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[canonicalize_name(name)] = version.strip()
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    out = []
+    for spec in project["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        if name == "ray":
+            continue
+        extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+        out.append(f"{req.name}{extras}=={pins[name]}" if name in pins else spec)
+    return out
+
+
+def _check_overrides(overrides: Sequence[str]) -> None:
+    bad = [o for o in overrides if "=" not in o or not o.partition("=")[0].strip()]
+    if bad:
+        raise ConfigError(f"overrides {', '.join(map(repr, bad))}: expected key=value, e.g. train.epochs=2")
+
+
+def _config_in_working_dir(config_path: str | Path, working_dir: Path) -> str:
+    """The config path relative to the working dir, as the job (whose cwd is the uploaded dir) sees it."""
+    path = Path(config_path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"config {config_path}: file not found")
+    try:
+        return path.relative_to(working_dir).as_posix()
+    except ValueError:
+        raise ConfigError(
+            f"config {config_path}: must lie inside the uploaded working dir {working_dir} (working_dir=...)"
+        ) from None
+
+
+def build_job(
+    config_path: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    working_dir: str | Path = ".",
+    pip: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
+    """The keyword arguments of `JobSubmissionClient.submit_job`: entrypoint, runtime_env, metadata, submission_id.
+
+    The run config is loaded here with its overrides, so config errors surface before anything is uploaded.
+    """
+    from xlc.config import load
+
+    working_dir = Path(working_dir).resolve()
+    if not working_dir.is_dir():
+        raise ConfigError(f"working_dir={str(working_dir)!r}: not a directory")
+    overrides = list(overrides)
+    _check_overrides(overrides)
+    rel_config = _config_in_working_dir(config_path, working_dir)
+    if tracking_uri is not None:
+        given = [o.partition("=")[2].strip() for o in overrides if o.partition("=")[0].strip() == "tracking.uri"]
+        if given and given[-1] != tracking_uri:
+            raise ConfigError(f"tracking_uri={tracking_uri!r} conflicts with the override tracking.uri={given[-1]}; give one")
+        overrides.append(f"tracking.uri={tracking_uri}")
+    cfg = load(working_dir / rel_config, overrides)
+
+    env_vars = dict(DEFAULT_ENV)
+    if cfg.tracking.uri:
+        env_vars["MLFLOW_TRACKING_URI"] = cfg.tracking.uri
+    env_vars.update(env or {})
+    runtime_env: dict = {"working_dir": str(working_dir), "excludes": list(WORKING_DIR_EXCLUDES), "env_vars": env_vars}
+    if pip is not None:
+        runtime_env["pip"] = {"packages": list(pip), "pip_check": False}
+    return {
+        "entrypoint": shlex.join([*ENTRYPOINT, rel_config, *overrides]),
+        "runtime_env": runtime_env,
+        "metadata": {"xlc_run": cfg.name, "xlc_config": rel_config},
+        "submission_id": f"xlc-{cfg.name}-{uuid.uuid4().hex[:8]}",
+    }
+
+
+def follow(address: str, job_id: str, *, out=sys.stdout) -> str:
+    """Stream the job's logs until it ends; return its final status (SUCCEEDED, FAILED or STOPPED)."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+
+    async def _tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            out.write(lines)
+            out.flush()
+
+    asyncio.run(_tail())
+    return str(client.get_job_status(job_id).value)
+
+
+def submit(
+    config_path: str | Path,
+    address: str,
+    *,
+    overrides: Sequence[str] = (),
+    working_dir: str | Path = ".",
+    pip: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    tracking_uri: str | None = None,
+    no_wait: bool = True,
+) -> str:
+    """Submit `xlc train CONFIG overrides...` to the Ray cluster at `address` (its dashboard URL); return the job id.
+
+    With `no_wait=False`, stream the job's logs and raise `JobFailed` unless it ends SUCCEEDED.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    job = build_job(config_path, overrides=overrides, working_dir=working_dir, pip=pip, env=env, tracking_uri=tracking_uri)
+    if "MLFLOW_TRACKING_URI" not in job["runtime_env"]["env_vars"]:
+        print(
+            "warning: tracking.uri is null, so the MLflow run is written inside the job's temporary working dir "
+            "on the cluster; pass --tracking-uri with a server every node reaches",
+            file=sys.stderr,
+        )
+    job_id = JobSubmissionClient(address).submit_job(**job)
+    print(f"submitted job {job_id}: {job['entrypoint']}")
+    print(f"follow its logs: ray job logs --follow --address {shlex.quote(address)} {job_id}")
+    print(f"status / stop:   ray job status --address {shlex.quote(address)} {job_id}  |  ray job stop ...")
+    if not no_wait:
+        status = follow(address, job_id)
+        if status != "SUCCEEDED":
+            raise JobFailed(f"job {job_id} ended {status}; see: ray job logs --address {address} {job_id}")
+    return job_id
+
+
+def _parse_env(items: Sequence[str]) -> dict[str, str]:
+    bad = [i for i in items if "=" not in i or not i.partition("=")[0]]
+    if bad:
+        raise ConfigError(f"--env {', '.join(map(repr, bad))}: expected NAME=VALUE")
+    return dict(i.split("=", 1) for i in items)
+
+
+def submit_command(
+    config: Annotated[Path, typer.Argument(help="run config YAML, inside the working dir")],
+    address: Annotated[str, typer.Option(help="Ray dashboard URL, e.g. http://HEAD:8265", envvar="RAY_ADDRESS")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. train.epochs=2")] = None,
+    working_dir: Annotated[Path, typer.Option(help="directory uploaded as the job's working dir")] = Path("."),
+    install_deps: Annotated[
+        bool, typer.Option(help="pip-install xlc's runtime deps pinned from constraints.txt (for images without them)")
+    ] = False,
+    env: Annotated[Optional[list[str]], typer.Option(help="extra NAME=VALUE environment variable; repeatable")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI every node reaches")] = None,
+    wait: Annotated[bool, typer.Option(help="stream the job's logs and exit non-zero unless it succeeds")] = False,
+) -> None:
+    """Submit `xlc train CONFIG key=value...` to a Ray cluster as a Ray job and print the job id."""
+    pip = pinned_requirements(working_dir) if install_deps else None
+    try:
+        submit(
+            config,
+            address,
+            overrides=overrides or (),
+            working_dir=working_dir,
+            pip=pip,
+            env=_parse_env(env or ()),
+            tracking_uri=tracking_uri,
+            no_wait=not wait,
+        )
+    except JobFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(1) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m launch.submit CONFIG --address URL [key=value ...]`; exit 2 on bad input, 1 if a waited job fails."""
+    app = typer.Typer(add_completion=False)
+    app.command()(submit_command)
+    args = list(argv if argv is not None else sys.argv[1:])
+    try:
+        typer.main.get_command(app).main(args=args, prog_name="xlc submit")  # standalone: always exits
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0
+    except XlcError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
