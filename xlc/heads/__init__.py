@@ -38,6 +38,10 @@ from xlc.heads.softmax import ChunkedSoftmaxHead, SoftmaxHead  # noqa: E402
 
 HEADS.update(softmax=SoftmaxHead, chunked_softmax=ChunkedSoftmaxHead, bce=BCEHead, rbf=RBFHead)
 
+from xlc.heads.tree import TreeHead  # noqa: E402
+
+HEADS["tree"] = TreeHead
+
 
 def build_head(name: str, num_labels: int, in_dim: int, **options) -> torch.nn.Module:
     """Construct head `name`; unknown names or options raise `ConfigError` (a ValueError) listing the valid ones."""
