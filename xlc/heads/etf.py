@@ -38,7 +38,7 @@ def dot_regression(
     w = etf.T[labels]  # [N, d]
     if reweight:
         counts = torch.bincount(labels, minlength=etf.shape[1]).to(h.dtype)  # [K]
-        gamma = labels.numel() / (counts > 0).sum()
+        gamma = labels.numel() / (counts > 0).sum().to(h.dtype)
         w = w * torch.sqrt(gamma / counts[labels])[:, None]  # [N, d]
     h_norm = h.norm(dim=1).detach()  # [N]
     residual = (h * w).sum(1) - w.norm(dim=1) * h_norm  # [N]

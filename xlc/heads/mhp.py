@@ -1,0 +1,167 @@
+"""Multi-Head Product (MHE, Liang et al., TPAMI 2025): a label is a mixed-radix code, one head per digit."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xlc.errors import ConfigError
+from xlc.heads._chunked import PAL_REDUCTIONS, topk_lowest_index
+from xlc.heads.codec import MixedRadix, positive_pairs
+from xlc.heads.etf import dot_regression, simplex_etf
+
+LOSSES = ("ce", "joint", "bce", "dr")
+
+
+class MHPHead(nn.Module):
+    """One linear layer `in_dim -> G * sum_h L_h` gives logits O_g^h; label y has digits y_h (`codec`).
+
+    Score (rank G, a non-negative CP tensor): p(y) ∝ sum_g prod_h exp(O_g^h[y_h]) over all prod L_h codes,
+    i.e. log p(y) = logsumexp_g(log pi_g + sum_h log_softmax(O_g^h)[y_h]), pi = softmax_g(sum_h lse(O_g^h));
+    G = 1 is MHP: sum_h log_softmax(O^h)[y_h]. loss: "ce" = -log p(y) (G=1: per-head CE summed),
+    "joint" = one log-softmax over the concatenated heads (ImageNet code), "bce" = sigmoid BCE over them
+    (CIFAR code), "dr" (etf=True) = per-head fixed ETF on BN + L2-normalised per-head features, dot regression.
+    Multi-label: one code per positive label, each term above per positive, PAL-reduced (`multi_label_loss`).
+    topk is exact (beam + threshold search over codes < num_labels). https://arxiv.org/abs/2412.10182
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        in_dim: int,
+        num_heads: int | None = None,
+        sizes: list[int] | None = None,
+        loss: str | None = None,
+        rank: int = 1,
+        etf: bool = False,
+        reweight: bool = True,
+        seed: int = 0,
+        multi_label_loss: str = "pal_mean",
+    ):
+        super().__init__()
+        loss = loss or ("dr" if etf else "ce")
+        if loss not in LOSSES:
+            raise ConfigError(f"loss={loss!r}: expected one of {', '.join(LOSSES)}")
+        if (loss == "dr") != bool(etf):
+            raise ConfigError(f"loss={loss!r} with etf={etf}: the dot-regression loss 'dr' goes with etf=true only")
+        if not isinstance(rank, int) or rank < 1:
+            raise ConfigError(f"rank={rank!r}: expected an integer >= 1")
+        if rank > 1 and loss != "ce":
+            raise ConfigError(f"rank={rank} with loss={loss!r}: rank > 1 is defined for loss='ce' only")
+        if multi_label_loss not in PAL_REDUCTIONS:
+            raise ConfigError(f"multi_label_loss={multi_label_loss!r}: expected one of {', '.join(PAL_REDUCTIONS)}")
+        self.codec = MixedRadix(num_labels, sizes=sizes, num_heads=num_heads)
+        self.num_labels, self.in_dim, self.rank = num_labels, in_dim, rank
+        self.objective, self.reweight, self.multi_label_loss = loss, reweight, multi_label_loss
+        self.sizes = self.codec.sizes
+        self.offsets = [sum(self.sizes[:h]) for h in range(len(self.sizes))]  # head h owns [off_h, off_h + L_h)
+        self.linear = nn.Linear(in_dim, rank * sum(self.sizes))
+        if etf:
+            if min(self.sizes) < 2:
+                raise ConfigError(f"etf=true with sizes={self.sizes}: every head needs >= 2 labels for an ETF")
+            self.bn = nn.BatchNorm1d(sum(self.sizes))
+            for h, size in enumerate(self.sizes):  # head h: features of dim L_h, a square ETF [L_h, L_h]
+                self.register_buffer(f"etf{h}", simplex_etf(size, size, seed + h))
+        self.etf = bool(etf)
+
+    def _etf_features(self, features: torch.Tensor) -> list[torch.Tensor]:
+        z = self.bn(self.linear(features))  # [B, sum L]
+        return [F.normalize(part, dim=1, eps=1e-8) for part in z.split(self.sizes, dim=1)]  # H x [B, L_h]
+
+    def head_logits(self, features: torch.Tensor) -> list[torch.Tensor]:
+        """Per-head logits, H tensors `[B, G, L_h]` (etf: the cosines h_h^T M_h, G = 1)."""
+        if self.etf:
+            return [(h @ getattr(self, f"etf{i}"))[:, None] for i, h in enumerate(self._etf_features(features))]
+        z = self.linear(features).view(features.shape[0], self.rank, -1)  # [B, G, sum L]
+        return list(z.split(self.sizes, dim=2))
+
+    def log_probs(self, features: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(H tensors log_softmax(O_g^h) `[B, G, L_h]`, log pi `[B, G]`)."""
+        logits = self.head_logits(features)
+        log_pi = torch.stack([o.logsumexp(2) for o in logits]).sum(0).log_softmax(1)  # [B, G]
+        return [o.log_softmax(2) for o in logits], log_pi
+
+    def _log_prob(self, logp: list[torch.Tensor], log_pi: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor):
+        """Exact log p(labels) `[N]` for rows `[N]`; labels outside [0, num_labels) get -inf."""
+        valid = (labels >= 0) & (labels < self.num_labels)  # [N]
+        digits = self.codec.encode(labels.clamp(0, self.num_labels - 1))  # [N, H]
+        comp = torch.arange(self.rank, device=rows.device)[None, :]  # [1, G]
+        term = log_pi[rows]  # [N, G]
+        for h, lp in enumerate(logp):
+            term = term + lp[rows[:, None], comp, digits[:, h : h + 1]]  # [N, G]
+        return term.logsumexp(1).masked_fill(~valid, -torch.inf)  # [N]
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        batch = features.shape[0]
+        rows, labels, weights = positive_pairs(targets, self.num_labels, batch, self.multi_label_loss)
+        weights = weights.to(features.dtype)
+        if self.objective == "ce":
+            return -(weights * self._log_prob(*self.log_probs(features), rows, labels)).sum() / batch
+        digits = self.codec.encode(labels)  # [N, H]
+        if self.objective == "dr":
+            feats = self._etf_features(features)
+            parts = [
+                dot_regression(h[rows], getattr(self, f"etf{i}"), digits[:, i], weights, batch, self.reweight)
+                for i, h in enumerate(feats)
+            ]
+            return torch.stack(parts).sum()
+        z = self.linear(features)  # [B, sum L]
+        columns = digits + torch.tensor(self.offsets, device=digits.device)  # [N, H] positions in the concatenation
+        if self.objective == "joint":
+            picked = z.log_softmax(1)[rows[:, None], columns].sum(1)  # [N]
+            return -(weights * picked).sum() / batch
+        target = torch.zeros_like(z)  # [B, sum L] multi-hot: every positive's digit in every head
+        target[rows[:, None], columns] = 1.0
+        return F.binary_cross_entropy_with_logits(z, target)
+
+    def _k_best(self, logp: list[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact k-best valid codes of the separable score sum_h logp_h[y_h], rows `[R, L_h]` -> `[R, width]`.
+
+        Beam over heads, most significant first. A prefix whose completions are all >= num_labels is
+        dropped; at most one kept prefix is partly valid, so keeping width + 1 prefixes leaves >= width
+        fully valid ones, each beating every pruned prefix's completions: the beam stays exact.
+        """
+        scores = logp[0].new_zeros(logp[0].shape[0], 1)  # [R, 1]
+        prefix = torch.zeros_like(scores, dtype=torch.long)  # [R, 1] the code's leading digits as a number
+        for h, lp in enumerate(logp):
+            size, last = lp.shape[1], h == len(logp) - 1
+            cand = scores[:, :, None] + lp[:, None, :]  # [R, W, L_h]
+            code = prefix[:, :, None] * size + torch.arange(size, device=lp.device)  # [R, W, L_h]
+            cand = cand.masked_fill(code * self.codec.strides[h] >= self.num_labels, -torch.inf)
+            keep = min(width if last else width + 1, cand[0].numel())
+            scores, idx = cand.flatten(1).topk(keep, dim=1)  # [R, keep]
+            prefix = code.flatten(1).gather(1, idx)
+        return scores, prefix
+
+    @torch.no_grad()
+    def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k of log p(y) over valid labels.
+
+        G = 1: the beam of `_k_best`. G > 1: Fagin's threshold algorithm over the G components: take each
+        component's `depth`-best list, score their union exactly; every unseen label scores at most
+        logsumexp_g(log pi_g + depth-th score of list g), so stop once the k-th seen score reaches that
+        bound, else double the depth (depth >= num_labels sees every label).
+        """
+        if not 1 <= k <= self.num_labels:
+            raise ConfigError(f"k={k}: expected 1 <= k <= num_labels={self.num_labels}")
+        logp, log_pi = self.log_probs(features)
+        batch, rank = log_pi.shape
+        flat = [lp.reshape(batch * rank, -1) for lp in logp]  # H x [B*G, L_h]
+        depth = k
+        while True:
+            lists, labels = self._k_best(flat, depth)  # [B*G, depth]
+            if rank == 1:
+                return lists, labels
+            labels, _ = labels.view(batch, rank * depth).sort(dim=1)  # [B, G*depth]
+            rows = torch.arange(batch, device=labels.device).repeat_interleave(rank * depth)
+            scores = self._log_prob(logp, log_pi, rows, labels.flatten()).view(batch, -1)  # [B, G*depth]
+            scores[:, 1:] = scores[:, 1:].masked_fill(labels[:, 1:] == labels[:, :-1], -torch.inf)  # one copy each
+            top, idx = topk_lowest_index(scores, k)  # [B, k]
+            bound = (lists.view(batch, rank, depth)[:, :, -1] + log_pi).logsumexp(1)  # [B]
+            if depth >= self.num_labels or bool((top[:, -1] >= bound).all()):
+                return top, labels.gather(1, idx)
+            depth = min(2 * depth, self.num_labels)
+
+
+__all__ = ["MHPHead"]
