@@ -1,0 +1,228 @@
+"""Benchmark of every registered head: train-step time, top-k time and peak step memory versus label count.
+
+    python -m xlc.bench.heads --heads softmax,chunked_softmax,bce,rbf --labels 1e4,1e5,1e6 --batch 256 --dim 256
+
+Per head x label count, on random features and single-label targets:
+- `step_ms`: median over `repeats` (after one untimed warm-up step) of `loss(x, y).backward()`, gradients cleared to None.
+- `topk_ms`: median of `topk(x, k)` under no_grad.
+- `peak_mem_bytes`: memory above the weights and inputs at the peak of the steps (logits, temporaries, weight
+  gradients). CUDA: `max_memory_allocated` minus `memory_allocated` before the first step. CPU: growth of the
+  process's peak RSS (`VmHWM`, reset through `/proc/self/clear_refs` after `malloc_trim`); None where that
+  file cannot be written. RSS counts touched pages, so it can differ a little from the allocator's count.
+- combos whose weights + gradients (+ B x C logits for heads that materialise them) exceed `memory_cap_bytes`
+  are reported as skipped instead of run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import re
+import statistics
+import time
+
+import psutil
+import torch
+
+from xlc.errors import ConfigError
+from xlc.heads import HEADS, build_head
+
+# Heads that hold B x C logits by design; their logits, softmax and gradient (3 x B x C fp32) count in the cap.
+MATERIALISES_LOGITS = {"softmax"}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms(fn, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+class _PeakMemory:
+    """Peak memory growth over a block: CUDA allocator stats, or the CPU peak RSS (VmHWM) reset per block."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak = device, None
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1))
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap pages back so reuse does not hide growth
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+            self.base = self._status_kib("VmRSS")
+        except OSError:
+            self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        elif self.base is not None:
+            self.peak = (self._status_kib("VmHWM") - self.base) * 1024
+
+
+def _meta_params(name: str, num_labels: int, dim: int, options: dict) -> int | None:
+    """Parameter count of the head, built on the meta device (no memory); None if it cannot be built there."""
+    try:
+        with torch.device("meta"):
+            head = build_head(name, num_labels, dim, **options)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    return sum(p.numel() for p in head.parameters())
+
+
+def default_memory_cap(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
+    return int(0.8 * psutil.virtual_memory().available)
+
+
+def _bench_one(name, num_labels, batch, dim, device, dtype, repeats, k, options, cap) -> dict:
+    row = {"head": name, "labels": num_labels, "batch": batch, "dim": dim, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+    params = _meta_params(name, num_labels, dim, options)
+    need = 2 * 4 * (params or 0)  # fp32 weights + their gradients
+    if name in MATERIALISES_LOGITS:
+        need += 3 * 4 * batch * num_labels  # fp32 logits, softmax and dL/dz
+    if need > cap:
+        skipped = f"would materialise {need / 2**30:.2f} GiB (cap {cap / 2**30:.2f} GiB)"
+        return row | {"params": params, "step_ms": None, "topk_ms": None, "peak_mem_bytes": None, "skipped": skipped}
+    torch.manual_seed(0)
+    head = build_head(name, num_labels, dim, **options).to(device)
+    x = torch.randn(batch, dim, device=device).to(dtype)  # [B, d]
+    y = torch.randint(num_labels, (batch,), device=device)  # [B]
+
+    def step():
+        head.zero_grad(set_to_none=True)
+        head.loss(x, y).backward()
+
+    step()  # warm-up: one-time allocations (autograd engine, kernel selection) stay out of the peak
+    head.zero_grad(set_to_none=True)
+    with _PeakMemory(device) as mem:
+        step_ms = _median_ms(step, device, repeats)
+    with torch.no_grad():
+        head.topk(x, k)
+        topk_ms = _median_ms(lambda: head.topk(x, k), device, repeats)
+    params = sum(p.numel() for p in head.parameters())
+    return row | {"params": params, "step_ms": step_ms, "topk_ms": topk_ms, "peak_mem_bytes": mem.peak, "skipped": None}
+
+
+def run(
+    heads: list[str],
+    label_counts: list[int],
+    batch: int,
+    dim: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+    repeats: int = 5,
+    k: int = 5,
+    options: dict[str, dict] | None = None,
+    memory_cap_bytes: int | None = None,
+) -> list[dict]:
+    """One row per head x label count (see the module docstring for what each field measures)."""
+    unknown = sorted(set(heads) - set(HEADS))
+    if unknown:
+        raise ConfigError(f"--heads: {', '.join(unknown)} unknown; expected some of {', '.join(sorted(HEADS))}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device=cuda: no CUDA device is visible; use --device cpu or auto")
+    dev = torch.device(device)
+    cap = memory_cap_bytes or default_memory_cap(dev)
+    options = options or {}
+    return [
+        _bench_one(name, c, batch, dim, dev, DTYPES[dtype], repeats, k, options.get(name, {}), cap)
+        for c in label_counts
+        for name in heads
+    ]
+
+
+def _gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**30:.3f} GiB"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of `run`'s rows."""
+    lines = [
+        "| head | labels | params | train step (ms) | top-k (ms) | peak step memory |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.get("skipped"):
+            lines.append(f"| {r['head']} | {r['labels']:,} | | | | skipped: {r['skipped']} |")
+        else:
+            lines.append(
+                f"| {r['head']} | {r['labels']:,} | {r['params']:,} | {r['step_ms']:.1f} | {r['topk_ms']:.1f} | {_gib(r['peak_mem_bytes'])} |"
+            )
+    return "\n".join(lines)
+
+
+def _label_counts(text: str) -> list[int]:
+    try:
+        counts = [int(float(part)) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--labels={text!r}: expected comma-separated counts such as 1e4,1e5,1e6") from None
+    if any(c < 2 for c in counts):
+        raise ConfigError(f"--labels={text!r}: every label count must be at least 2")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xlc bench heads", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--heads", default="softmax,chunked_softmax,bce,rbf", help="comma-separated head names")
+    parser.add_argument("--labels", default="1e4,1e5,1e6", help="comma-separated label counts")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("-k", type=int, default=5)
+    parser.add_argument("--options", default="{}", help='per-head options as JSON, e.g. \'{"rbf": {"gamma": 35}}\'')
+    parser.add_argument("--memory-cap-gib", type=float, default=None, help="skip combos needing more (default: 80%% of free RAM / 90%% of GPU)")
+    parser.add_argument("--json", action="store_true", help="print the rows as one JSON line after the table")
+    args = parser.parse_args(argv)
+    try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--options: not valid JSON ({e})") from None
+    rows = run(
+        [h for h in args.heads.split(",") if h],
+        _label_counts(args.labels),
+        args.batch,
+        args.dim,
+        args.device,
+        args.dtype,
+        args.repeats,
+        args.k,
+        options,
+        None if args.memory_cap_gib is None else int(args.memory_cap_gib * 2**30),
+    )
+    print(format_table(rows))
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
