@@ -1,0 +1,19 @@
+"""Dataset directory: Parquet schema and meta, streamed reading, collate into torch batches. No Ray here."""
+
+from xlc.data.collate import Batch, collate
+from xlc.data.reader import iter_batches, iter_tables, label_counts, label_names, split_files
+from xlc.data.schema import DatasetMeta, read_meta, row_schema, validate_table
+
+__all__ = [
+    "Batch",
+    "DatasetMeta",
+    "collate",
+    "iter_batches",
+    "iter_tables",
+    "label_counts",
+    "label_names",
+    "read_meta",
+    "row_schema",
+    "split_files",
+    "validate_table",
+]
