@@ -39,9 +39,10 @@ from xlc.heads.softmax import ChunkedSoftmaxHead, SoftmaxHead  # noqa: E402
 HEADS.update(softmax=SoftmaxHead, chunked_softmax=ChunkedSoftmaxHead, bce=BCEHead, rbf=RBFHead)
 
 from xlc.heads.etf import ETFHead  # noqa: E402
+from xlc.heads.mhc import MHCHead  # noqa: E402
 from xlc.heads.mhp import MHPHead  # noqa: E402
 
-HEADS.update(mhp=MHPHead, etf=ETFHead)
+HEADS.update(mhp=MHPHead, mhc=MHCHead, etf=ETFHead)
 
 from xlc.heads.tree import TreeHead  # noqa: E402
 

@@ -1,0 +1,142 @@
+"""Multi-Head Cascade (MHE, Liang et al., TPAMI 2025): group head, then label embeddings of candidate groups."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xlc.errors import ConfigError, DataError
+from xlc.heads._chunked import topk_lowest_index, unique_targets, validate_targets
+from xlc.heads.codec import contiguous_groups
+
+
+class MHCHead(nn.Module):
+    """Group logits g = W_g F over G contiguous label groups; projection e = W_p F; table E `[C + 1, hidden]`.
+
+    Multi-label: loss = BCE(E[c].e, 1[c in y]) over the candidates + BCE(g, group multi-hot), both element
+    means; candidates = labels of the top-K groups of sigmoid(g).detach() + true-group multi-hot, then any
+    true label still missing overwrites a negative slot. Single-label (`multi_label=False`): CE of
+    E[group(y)].e at y's position + CE(g, group(y)). Only candidate rows of E are gathered (row C pads the
+    ragged last group). `topk` is approximate: candidates come from the top-K groups only, scored
+    sigmoid(E[c].e) * sigmoid(g[group(c)]) (single-label: softmax(g) * softmax within the group).
+    https://arxiv.org/abs/2412.10182
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        in_dim: int,
+        num_groups: int | None = None,
+        group_size: int | None = None,
+        hidden: int = 300,
+        candidates: int = 10,
+        multi_label: bool = True,
+    ):
+        super().__init__()
+        self.groups = contiguous_groups(num_labels, num_groups=num_groups, group_size=group_size)
+        self.num_groups, self.group_size = self.groups.sizes
+        if not isinstance(candidates, int) or candidates < 1:
+            raise ConfigError(f"candidates={candidates!r}: expected an integer >= 1 (groups kept per sample)")
+        if not isinstance(hidden, int) or hidden < 1:
+            raise ConfigError(f"hidden={hidden!r}: expected an integer >= 1")
+        self.num_labels, self.in_dim, self.multi_label = num_labels, in_dim, multi_label
+        self.candidates = min(candidates, self.num_groups)
+        self.group_head = nn.Linear(in_dim, self.num_groups)
+        self.proj = nn.Linear(in_dim, hidden)
+        self.table = nn.Embedding(num_labels + 1, hidden)  # row num_labels: padding of the ragged last group
+        for weight in (self.group_head.weight, self.proj.weight, self.table.weight):
+            nn.init.xavier_uniform_(weight)
+
+    def group_labels(self, groups: torch.Tensor) -> torch.Tensor:
+        """Groups `[B, K]` -> their labels `[B, K * group_size]`, padded slots = num_labels."""
+        per = self.group_size
+        labels = (groups[:, :, None] * per + torch.arange(per, device=groups.device)).flatten(1)  # [B, K*per]
+        return labels.clamp(max=self.num_labels)
+
+    def candidate_logits(self, e: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """E[labels] . e `[B, N]`: gather the candidate rows `[B, N, hidden]`, then one bmm."""
+        return torch.bmm(self.table(labels), e[:, :, None]).squeeze(2)  # [B, N]
+
+    def training_candidates(self, group_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced candidate labels `[B, K * group_size]` for positives `targets [B, M]` (-1 padded, unique)."""
+        positive = targets >= 0  # [B, M]
+        top = (torch.sigmoid(group_logits.detach()) + self._group_hot(targets, group_logits)).topk(self.candidates)
+        labels = self.group_labels(top.indices)  # [B, N]
+        covered = ((targets // self.group_size)[:, :, None] == top.indices[:, None, :]).any(2)  # [B, M]
+        missing = positive & ~covered  # [B, M] true labels whose group was not selected (> K true groups)
+        if not missing.any():
+            return labels
+        # the j-th missing positive of a row overwrites the j-th non-positive slot counted from the end
+        # (the weakest group's, padding first); with more positives than slots the excess is dropped
+        n = labels.shape[1]
+        free = ~self._is_positive(labels, targets)  # [B, N]
+        rank_free = torch.where(free, free.flip(1).cumsum(1).flip(1) - 1, n + 1)  # [B, N]; not free -> sink n + 1
+        slot_of_rank = torch.full((labels.shape[0], n + 2), n, device=labels.device)  # [B, N + 2]; n = no slot
+        slot_of_rank.scatter_(1, rank_free, torch.arange(n, device=labels.device).expand_as(labels).contiguous())
+        rank_missing = torch.where(missing, missing.cumsum(1) - 1, n).clamp(max=n)  # [B, M]
+        slot = torch.where(missing, slot_of_rank.gather(1, rank_missing), n)  # [B, M]; n = dropped
+        out = torch.cat([labels, labels[:, :1]], dim=1).scatter_(1, slot, targets)  # [B, N + 1]
+        return out[:, :n]
+
+    def _group_hot(self, targets: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        rows, cols = (targets >= 0).nonzero(as_tuple=True)
+        hot = torch.zeros_like(like)  # [B, G]
+        hot[rows, targets[rows, cols] // self.group_size] = 1.0
+        return hot
+
+    @staticmethod
+    def _is_positive(labels: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """labels `[B, N]` in the row's targets `[B, M]`, by binary search in the sorted targets."""
+        ordered = targets.sort(dim=1).values  # [B, M]
+        idx = torch.searchsorted(ordered, labels.contiguous()).clamp(max=ordered.shape[1] - 1)  # [B, N]
+        return ordered.gather(1, idx) == labels
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        validate_targets(targets, self.num_labels, features.shape[0])
+        g = self.group_head(features)  # [B, G]
+        e = self.proj(features)  # [B, hidden]
+        if not self.multi_label:
+            return self._single_label_loss(g, e, targets)
+        t = unique_targets(targets)  # [B, M]
+        labels = self.training_candidates(g, t)  # [B, N]
+        real = (labels < self.num_labels).to(g.dtype)  # [B, N] padded slots carry no loss
+        target = self._is_positive(labels, t).to(g.dtype)  # [B, N]
+        logits = self.candidate_logits(e, labels)  # [B, N]
+        label_loss = F.binary_cross_entropy_with_logits(logits, target, weight=real, reduction="sum") / real.sum()
+        return label_loss + F.binary_cross_entropy_with_logits(g, self._group_hot(t, g))
+
+    def _single_label_loss(self, g: torch.Tensor, e: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.dim() != 1:
+            raise DataError(f"targets: head mhc with multi_label=false expects single-label [B], got {list(targets.shape)}")
+        labelled = targets >= 0  # [B] rows of -1 count in the mean with zero loss
+        y = targets.clamp(min=0)
+        group, local = y // self.group_size, y % self.group_size  # [B]
+        labels = self.group_labels(group[:, None])  # [B, per]
+        logits = self.candidate_logits(e, labels).masked_fill(labels == self.num_labels, -torch.inf)  # [B, per]
+        per_row = F.cross_entropy(logits, local, reduction="none") + F.cross_entropy(g, group, reduction="none")
+        return (per_row * labelled).sum() / targets.shape[0]
+
+    @torch.no_grad()
+    def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Approximate top-k: only labels of the top-K groups (more if k needs them) are scored; no teacher forcing."""
+        if not 1 <= k <= self.num_labels:
+            raise ConfigError(f"k={k}: expected 1 <= k <= num_labels={self.num_labels}")
+        per = self.group_size
+        # K' groups hold >= (K' - 1) * per real labels (only the last group is ragged), so >= k of them
+        num = min(self.num_groups, max(self.candidates, -(-k // per) + 1))
+        g = self.group_head(features)  # [B, G]
+        group_scores, groups = (torch.sigmoid(g) if self.multi_label else g.softmax(1)).topk(num)  # [B, K']
+        labels = self.group_labels(groups)  # [B, K'*per]
+        logits = self.candidate_logits(self.proj(features), labels)  # [B, K'*per]
+        if self.multi_label:
+            scores = torch.sigmoid(logits) * group_scores.repeat_interleave(per, dim=1)  # [B, K'*per]
+        else:
+            local = logits.masked_fill(labels == self.num_labels, -torch.inf).view(-1, num, per).softmax(2)
+            scores = (local * group_scores[:, :, None]).flatten(1)  # [B, K'*per]
+        scores = scores.masked_fill(labels == self.num_labels, -torch.inf)  # never return a padded slot
+        top, idx = topk_lowest_index(scores, k)
+        return top, labels.gather(1, idx)
+
+
+__all__ = ["MHCHead"]
