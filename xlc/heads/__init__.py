@@ -41,8 +41,9 @@ HEADS.update(softmax=SoftmaxHead, chunked_softmax=ChunkedSoftmaxHead, bce=BCEHea
 from xlc.heads.etf import ETFHead  # noqa: E402
 from xlc.heads.mhc import MHCHead  # noqa: E402
 from xlc.heads.mhp import MHPHead  # noqa: E402
+from xlc.heads.mhs import MHSHead  # noqa: E402
 
-HEADS.update(mhp=MHPHead, mhc=MHCHead, etf=ETFHead)
+HEADS.update(mhp=MHPHead, mhc=MHCHead, mhs=MHSHead, etf=ETFHead)
 
 from xlc.heads.tree import TreeHead  # noqa: E402
 

@@ -12,7 +12,7 @@ import math
 import torch
 
 from xlc.errors import ConfigError, DataError
-from xlc.heads._chunked import PAL_REDUCTIONS, unique_targets, validate_targets
+from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, unique_targets, validate_targets
 
 
 def _int_root(n: int, h: int) -> int:
@@ -133,8 +133,7 @@ def positive_pairs(
     Duplicates within a row count once. Weights implement the PAL reduction over a row's positives S:
     `pal_sum` weighs each 1, `pal_mean` 1/|S|, so a head's loss is `sum_n weight_n * loss_n / B`.
     """
-    if reduction not in PAL_REDUCTIONS:
-        raise ConfigError(f"multi_label_loss={reduction!r}: expected one of {', '.join(PAL_REDUCTIONS)}")
+    check_choice("multi_label_loss", reduction, PAL_REDUCTIONS)
     validate_targets(targets, num_labels, batch)
     t = unique_targets(targets)  # [B, M]
     positive = t >= 0  # [B, M]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import topk_lowest_index
+from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, check_k, topk_lowest_index
 from xlc.heads.codec import positive_pairs
 
 
@@ -54,8 +54,11 @@ class ETFHead(nn.Module):
     head). Paper: https://arxiv.org/abs/2203.09081
     """
 
-    def __init__(self, num_labels: int, in_dim: int, reweight: bool = True, seed: int = 0, multi_label_loss: str = "pal_mean"):
+    def __init__(
+        self, num_labels: int, in_dim: int, reweight: bool = True, seed: int = 0, multi_label_loss: str = "pal_mean"
+    ):
         super().__init__()
+        check_choice("multi_label_loss", multi_label_loss, PAL_REDUCTIONS)
         if num_labels > in_dim:
             raise ConfigError(
                 f"head etf: num_labels={num_labels} > in_dim={in_dim}, and a simplex ETF needs in_dim >= num_labels; "
@@ -76,8 +79,7 @@ class ETFHead(nn.Module):
 
     @torch.no_grad()
     def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 1 <= k <= self.num_labels:
-            raise ConfigError(f"k={k}: expected 1 <= k <= num_labels={self.num_labels}")
+        check_k(k, self.num_labels)
         return topk_lowest_index(self.embed(features) @ self.etf, k)  # C <= d, so [B, C] is small
 
 

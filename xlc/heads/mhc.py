@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError, DataError
-from xlc.heads._chunked import topk_lowest_index, unique_targets, validate_targets
+from xlc.heads._chunked import check_k, topk_lowest_index, unique_targets, validate_targets
 from xlc.heads.codec import contiguous_groups
 
 
@@ -108,7 +108,8 @@ class MHCHead(nn.Module):
 
     def _single_label_loss(self, g: torch.Tensor, e: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.dim() != 1:
-            raise DataError(f"targets: head mhc with multi_label=false expects single-label [B], got {list(targets.shape)}")
+            shape = list(targets.shape)
+            raise DataError(f"targets: head mhc with multi_label=false expects single-label [B], got {shape}")
         labelled = targets >= 0  # [B] rows of -1 count in the mean with zero loss
         y = targets.clamp(min=0)
         group, local = y // self.group_size, y % self.group_size  # [B]
@@ -120,8 +121,7 @@ class MHCHead(nn.Module):
     @torch.no_grad()
     def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Approximate top-k: only labels of the top-K groups (more if k needs them) are scored; no teacher forcing."""
-        if not 1 <= k <= self.num_labels:
-            raise ConfigError(f"k={k}: expected 1 <= k <= num_labels={self.num_labels}")
+        check_k(k, self.num_labels)
         per = self.group_size
         # K' groups hold >= (K' - 1) * per real labels (only the last group is ragged), so >= k of them
         num = min(self.num_groups, max(self.candidates, -(-k // per) + 1))

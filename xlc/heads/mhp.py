@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import PAL_REDUCTIONS, topk_lowest_index
+from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, check_k, topk_lowest_index
 from xlc.heads.codec import MixedRadix, positive_pairs
 from xlc.heads.etf import dot_regression, simplex_etf
 
@@ -41,16 +41,14 @@ class MHPHead(nn.Module):
     ):
         super().__init__()
         loss = loss or ("dr" if etf else "ce")
-        if loss not in LOSSES:
-            raise ConfigError(f"loss={loss!r}: expected one of {', '.join(LOSSES)}")
+        check_choice("loss", loss, LOSSES)
         if (loss == "dr") != bool(etf):
             raise ConfigError(f"loss={loss!r} with etf={etf}: the dot-regression loss 'dr' goes with etf=true only")
         if not isinstance(rank, int) or rank < 1:
             raise ConfigError(f"rank={rank!r}: expected an integer >= 1")
         if rank > 1 and loss != "ce":
             raise ConfigError(f"rank={rank} with loss={loss!r}: rank > 1 is defined for loss='ce' only")
-        if multi_label_loss not in PAL_REDUCTIONS:
-            raise ConfigError(f"multi_label_loss={multi_label_loss!r}: expected one of {', '.join(PAL_REDUCTIONS)}")
+        check_choice("multi_label_loss", multi_label_loss, PAL_REDUCTIONS)
         self.codec = MixedRadix(num_labels, sizes=sizes, num_heads=num_heads)
         self.num_labels, self.in_dim, self.rank = num_labels, in_dim, rank
         self.objective, self.reweight, self.multi_label_loss = loss, reweight, multi_label_loss
@@ -143,8 +141,7 @@ class MHPHead(nn.Module):
         logsumexp_g(log pi_g + depth-th score of list g), so stop once the k-th seen score reaches that
         bound, else double the depth (depth >= num_labels sees every label).
         """
-        if not 1 <= k <= self.num_labels:
-            raise ConfigError(f"k={k}: expected 1 <= k <= num_labels={self.num_labels}")
+        check_k(k, self.num_labels)
         logp, log_pi = self.log_probs(features)
         batch, rank = log_pi.shape
         flat = [lp.reshape(batch * rank, -1) for lp in logp]  # H x [B*G, L_h]
