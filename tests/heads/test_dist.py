@@ -71,16 +71,19 @@ def _check_collectives(rank, world_size):
     multi = multi_full[mine][:, : rank + 1]  # [B_r, M_r]
     assert torch.equal(all_gather_targets(multi), multi_full)
 
-    # top-k merge: local top-k over my label range (global ids), padded where the shard is small
-    scores_full = torch.randn(n, num_labels, generator=gen)  # [N, C]
+    # top-k merge with many ties (scores in {0, 1, 2}): equal scores go to the lower label on every rank;
+    # local top-k over my label range (global ids), padded where the shard is small
+    scores_full = torch.randint(0, 3, (n, num_labels), generator=gen).double()  # [N, C]
     start, end = shard_range(num_labels, rank, world_size)
     kk = min(k, end - start)
-    local_scores, local_pos = scores_full[:, start:end].topk(kk, dim=1)  # [N, kk]
+    local_scores, local_pos = scores_full[:, start:end].sort(dim=1, descending=True, stable=True)
+    local_scores, local_pos = local_scores[:, :kk], local_pos[:, :kk]  # [N, kk]
     pad = k - kk
     local_scores = torch.cat([local_scores, torch.full((n, pad), float("-inf"))], 1)
     local_labels = torch.cat([local_pos + start, torch.full((n, pad), -1)], 1)
     top, labels = merge_topk(local_scores, local_labels, k)
-    want_top, want_labels = scores_full.topk(k, dim=1)
+    want_top, want_labels = scores_full.sort(dim=1, descending=True, stable=True)
+    want_top, want_labels = want_top[:, :k], want_labels[:, :k]
     assert torch.equal(labels, want_labels) and torch.equal(top, want_top)
     everyone = [None] * world_size
     dist.all_gather_object(everyone, (top, labels))

@@ -38,6 +38,10 @@ from xlc.heads.softmax import ChunkedSoftmaxHead, SoftmaxHead  # noqa: E402
 
 HEADS.update(softmax=SoftmaxHead, chunked_softmax=ChunkedSoftmaxHead, bce=BCEHead, rbf=RBFHead)
 
+from xlc.heads.sharded import ShardedBCEHead, ShardedSoftmaxHead  # noqa: E402
+
+HEADS.update(sharded_softmax=ShardedSoftmaxHead, sharded_bce=ShardedBCEHead)
+
 from xlc.heads.etf import ETFHead  # noqa: E402
 from xlc.heads.mhc import MHCHead  # noqa: E402
 from xlc.heads.mhp import MHPHead  # noqa: E402

@@ -113,8 +113,9 @@ def local_rows(rows: list[int], rank: int) -> slice:
 def merge_topk(scores: torch.Tensor, labels: torch.Tensor, k: int, group=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Global top-k from every rank's local top-k over the same rows; identical on every rank.
 
-    `scores`, `labels`: [N, k] per rank (global label ids; pad with -inf / -1 when a shard has < k labels).
-    Forward only (no autograd). Ranks are concatenated in rank order, so ties resolve the same everywhere.
+    `scores`, `labels`: [N, k] per rank, descending, equal scores by ascending global label id (pad a
+    shard with fewer than k labels with -inf / -1). Ranks hold ascending label ranges, so a stable
+    sort of the rank-ordered concatenation keeps that tie rule globally. Forward only (no autograd).
     """
     if rank_and_world(group)[1] > 1:
         world = dist.get_world_size(group)
@@ -123,8 +124,8 @@ def merge_topk(scores: torch.Tensor, labels: torch.Tensor, k: int, group=None) -
         dist.all_gather(all_scores, scores.contiguous(), group=group)
         dist.all_gather(all_labels, labels.contiguous(), group=group)
         scores, labels = torch.cat(all_scores, 1), torch.cat(all_labels, 1)  # [N, W*k]
-    top, pos = scores.topk(k, dim=1)  # [N, k]
-    return top, labels.gather(1, pos)
+    top, pos = scores.sort(dim=1, descending=True, stable=True)  # [N, W*k]
+    return top[:, :k], labels.gather(1, pos[:, :k])
 
 
 def debug_enabled() -> bool:
