@@ -93,8 +93,8 @@ class DatasetWriter:
             self._file_rows[split] = 0
         return self._writers[split]
 
-    def finish(self, label_names: list[str] | None = None) -> Path:
-        """Write labels.parquet (names default to the ids) and meta.json, then rename into OUT_DIR."""
+    def finish(self, label_names: list[str] | pa.Array | None = None) -> Path:
+        """Write labels.parquet (names default to the ids as strings) and meta.json, then rename into OUT_DIR."""
         for w in self._writers.values():
             w.close()
         self._writers.clear()
@@ -102,9 +102,10 @@ class DatasetWriter:
             if self._files[split] == 0:
                 pq.write_table(self.schema.empty_table(), self.path / split / "part-00000.parquet")
         n = self.meta.num_labels
-        names = label_names if label_names is not None else [str(i) for i in range(n)]
+        ids = pa.array(np.arange(n, dtype=np.int32))
+        names = pa.array(label_names, pa.string()) if label_names is not None else ids.cast(pa.string())
         assert len(names) == n, (len(names), n)
-        labels = pa.table([pa.array(np.arange(n, dtype=np.int32)), pa.array(names, pa.string()),
+        labels = pa.table([ids, names,
                            pa.array(self.train_counts)], schema=LABELS_SCHEMA)
         pq.write_table(labels, self.path / LABELS_FILE)
         self.meta.num_train, self.meta.num_test = self.rows["train"], self.rows["test"]

@@ -6,11 +6,12 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-from data_tools.builders import icd10cm
+from data_tools.builders import icd10cm, synthetic
 from xlc.errors import ConfigError
 
 BUILDERS: dict[str, Callable[..., Path]] = {
     "icd10cm": icd10cm.build,
+    "synthetic": synthetic.build,
 }
 
 
