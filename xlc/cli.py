@@ -18,6 +18,14 @@ app.add_typer(bench_app, name="bench")
 OVERRIDES = typer.Argument(None, help="Dotted overrides, e.g. head.name=softmax train.epochs=2")
 
 
+def _stop_local_ray() -> None:
+    """Stop the Ray this process started, so no worker log line lands after our own output."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _print_result(result: dict, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -45,6 +53,7 @@ def train(
 
     cfg = load(config, overrides or [])
     result = run_training(cfg)
+    _stop_local_ray()
     _print_result({"run_id": result["run_id"], "metrics": result["metrics"]}, as_json)
 
 
@@ -59,6 +68,7 @@ def compare(
     from xlc.compare import run_compare
 
     summary = run_compare(config, overrides or [], out_dir=out_dir)
+    _stop_local_ray()
     print(summary["table"])
     if as_json:
         print(json.dumps({"experiment": summary["experiment"], "runs": summary["runs"]}))
@@ -98,13 +108,15 @@ def bench_data(ctx: typer.Context) -> None:
     bench_main(list(ctx.args))
 
 
-def _register_data_commands() -> None:
+def _register_subapps() -> None:
     from data_tools.cli import app as data_app
+    from launch.submit import submit_command
 
     app.add_typer(data_app, name="data", help="Convert, build and inspect dataset directories.")
+    app.command("submit")(submit_command)
 
 
-_register_data_commands()
+_register_subapps()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,9 @@ checkpoint under `storage_path/name` (Train V2 restores a run directory that alr
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from pathlib import Path
 
 import ray
 import ray.train
@@ -40,7 +42,8 @@ def ensure_ray(num_workers: int) -> None:
     # behind the training workers on a 2-core machine (the workers mostly wait on each other anyway).
     ray.init(
         num_cpus=num_workers + 2,
-        include_dashboard=False,
+        include_dashboard=True,  # Ray Train's state API (worker-group cleanup) runs through the dashboard
+        dashboard_host="127.0.0.1",
         log_to_driver=True,
         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}},
     )
@@ -48,6 +51,7 @@ def ensure_ray(num_workers: int) -> None:
 
 def train(cfg: RunConfig) -> dict:
     """Run (or resume) `cfg` and return {"run_id", "metrics"} with the final evaluation."""
+    cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))  # workers run in other directories
     meta = xdata.read_meta(cfg.data)  # fail fast, before Ray starts, on a bad dataset directory
     uri = tracking.resolve_uri(cfg.tracking.uri)
     tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(cfg.workers), "git_commit": tracking.git_commit()}
@@ -58,6 +62,7 @@ def train(cfg: RunConfig) -> dict:
     logger.dict(cfg.to_dict(), "config.yaml")
 
     ensure_ray(cfg.workers)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver prints its own progress
     train_files = xdata.split_files(cfg.data, "train")
     columns = ["labels", "feat_idx", "feat_val"] if meta.num_features else ["labels", "text"]
     datasets = {"train": ray.data.read_parquet(train_files, columns=columns)}
