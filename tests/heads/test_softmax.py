@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_close
+from xlc.bench.heads import PeakMemory
 from xlc.errors import ConfigError, DataError
 from xlc.heads import build_head
 
@@ -143,3 +144,34 @@ def test_training_separates_classes(name):
     assert fit_top1(build_head(name, 16, 8), x, y) > 0.97
     multi = torch.stack([y, (y + 1) % 16, torch.full_like(y, -1)], dim=1)  # each row also tagged with the next class
     assert fit_top1(build_head(name, 16, 8), x, multi) > 0.97
+
+
+def test_chunked_head_never_holds_the_full_logits():
+    """B x C = 64 x 400k fp32 logits are 98 MiB; one 64 x 4096 chunk is 1 MiB, weight grads 3 MiB."""
+    x, y = torch.randn(64, 2), torch.randint(400_000, (64,))
+    peaks = {}
+    for name in ("softmax", "chunked_softmax"):
+        torch.manual_seed(0)
+        head = build_head(name, 400_000, 2, **({"chunk": 4096} if name == "chunked_softmax" else {}))
+        with PeakMemory(torch.device("cpu")) as mem:
+            head.loss(x, y).backward()
+        peaks[name] = mem.peak
+    if peaks["softmax"] is None:
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    assert peaks["softmax"] > 64 * 400_000 * 4
+    assert peaks["chunked_softmax"] < 32 * 2**20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["softmax", "chunked_softmax", "bce", "rbf"])
+def test_cuda_bfloat16_matches_float32(name):
+    torch.manual_seed(0)
+    head = build_head(name, 5000, 64).cuda()
+    x, y = torch.randn(32, 64, device="cuda"), torch.randint(5000, (32,), device="cuda")
+    xb = x.bfloat16().requires_grad_()
+    loss = head.loss(xb, y)
+    loss.backward()
+    assert loss.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16 and head.weight.grad.dtype == torch.float32
+    assert_close(loss, head.loss(x, y), atol=0.05, rtol=0.02)
+    s, i = head.topk(xb, 5)
+    assert s.device.type == "cuda" and i.shape == (32, 5)

@@ -49,7 +49,7 @@ def _median_ms(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-class _PeakMemory:
+class PeakMemory:
     """Peak memory growth over a block: CUDA allocator stats, or the CPU peak RSS (VmHWM) reset per block."""
 
     def __init__(self, device: torch.device):
@@ -117,7 +117,7 @@ def _bench_one(name, num_labels, batch, dim, device, dtype, repeats, k, options,
 
     step()  # warm-up: one-time allocations (autograd engine, kernel selection) stay out of the peak
     head.zero_grad(set_to_none=True)
-    with _PeakMemory(device) as mem:
+    with PeakMemory(device) as mem:
         step_ms = _median_ms(step, device, repeats)
     with torch.no_grad():
         head.topk(x, k)
