@@ -4,7 +4,7 @@ Format (systems.md §6): header `num_points num_features num_labels`, then one l
 `l1,l2,... f:v f:v ...`; a point with no labels starts with a space, indices are 0-based and unsorted, and a
 bare `f` means value 1. Parsing is vectorised per chunk of whole lines: every number is a run of non-separator
 bytes, classified by the separator before it (line start or ',' -> label; ' ' -> feature index; ':' -> value),
-and all numbers of a chunk are parsed by one `np.fromstring` call.
+and all numbers of a chunk are parsed by one Arrow cast.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_tools.writer import DatasetWriter, check_out_dir, label_lists
 from xlc.data.schema import DatasetMeta
@@ -21,8 +22,8 @@ from xlc.errors import DataError
 CHUNK_BYTES = 16 << 20  # bytes parsed at a time; peak memory is a small multiple of this
 
 LABEL, INDEX, VALUE = 0, 1, 2
-_SEP = np.zeros(256, dtype=bool)
-_SEP[[ord(c) for c in " \t,:\n\r"]] = True
+_SEPARATORS = b" \t,:\n\r"
+_IS_DIGITISH = bytes.maketrans(bytes(range(256)), bytes(0 if c in _SEPARATORS else 1 for c in range(256)))
 # kind of a number from the byte just before it: line start/',' -> label, ' '/'\t' -> index, ':' -> value
 _KIND_AFTER = np.full(256, -1, dtype=np.int8)
 _KIND_AFTER[[ord("\n"), ord(",")]] = LABEL
@@ -76,18 +77,22 @@ class _Chunk:
         b = np.frombuffer(buf, dtype=np.uint8)  # [C], ends with '\n'
         newlines = np.flatnonzero(b == 10)  # [R] end of each line
         self.num_rows = len(newlines)
-        sep = _SEP[b]
-        starts = np.flatnonzero(~sep & np.concatenate([[True], sep[:-1]]))  # [T] first byte of each number
+        number = np.frombuffer(buf.translate(_IS_DIGITISH), dtype=np.uint8)  # [C] 1 inside a number, 0 on separators
+        starts = np.flatnonzero(number[1:] > number[:-1]) + 1  # [T] first byte of each number
+        if number[0]:
+            starts = np.concatenate([[0], starts])
         before = b[np.maximum(starts - 1, 0)]  # byte preceding each number
         before[starts == 0] = 10  # the chunk's start is a line start
         kind = _KIND_AFTER[before]  # [T]
         line = np.searchsorted(newlines, starts)  # [T] line within the chunk
-        self._check_separators(b, sep, newlines)
+        self._check_separators(b, number, newlines)
+        # each number as an Arrow string running to the next number (separators made spaces, then trimmed):
+        # Arrow's cast parses them in C, about 4x faster than np.fromstring
+        ends = np.append(starts, len(buf)).astype(np.int32)
+        tokens = pa.StringArray.from_buffers(len(starts), pa.py_buffer(ends), pa.py_buffer(buf.translate(_TO_SPACE)))
         try:
-            numbers = np.fromstring(buf.translate(_TO_SPACE), dtype=np.float64, sep=" ")  # [T]
-        except ValueError:  # numpy 2 raises on unparseable text; older versions stop early
-            numbers = None
-        if numbers is None or len(numbers) != len(starts):
+            numbers = pc.cast(pc.ascii_rtrim(tokens, " "), pa.float64()).to_numpy()  # [T]
+        except pa.ArrowInvalid:
             self._bad_number(buf, starts, line)
         self._check_kinds(kind, line)
 
@@ -117,10 +122,10 @@ class _Chunk:
             "feat_val": pa.ListArray.from_arrays(offsets, pa.array(self.feat_val)),
         })
 
-    def _check_separators(self, b: np.ndarray, sep: np.ndarray, newlines: np.ndarray) -> None:
+    def _check_separators(self, b: np.ndarray, number: np.ndarray, newlines: np.ndarray) -> None:
         """',' and ':' must be followed by a number: catches '1,,2', '3:' and lines cut short after a ':'."""
         punct = np.flatnonzero((b == ord(",")) | (b == ord(":")))
-        bad = punct[sep[punct + 1]]  # the buffer ends with '\n', so punct + 1 is in range
+        bad = punct[number[punct + 1] == 0]  # the buffer ends with '\n', so punct + 1 is in range
         if len(bad):
             line = int(np.searchsorted(newlines, bad[0]))
             raise DataError(f"{self.where(line)}: {chr(b[bad[0]])!r} not followed by a number (truncated line?)")
