@@ -50,9 +50,8 @@ def _check_sharded_bce(rank, world_size):
                 assert (start, end) == shard_range(C, rank, world_size)
                 head.load_state_dict({"weight": w[start:end], "bias": b[start:end]})
                 got = _loss_and_grads(head, x[mine], targets[mine])
-                for name, g, r in zip(
-                    ("loss", "dX", "dW", "db"), got, (want[0], want[1][mine], want[2][start:end], want[3][start:end])
-                ):
+                expected = (want[0], want[1][mine], want[2][start:end], want[3][start:end])
+                for name, g, r in zip(("loss", "dX", "dW", "db"), got, expected):
                     assert_close(g, r, atol=tol, rtol=tol, msg=f"{name} {dtype} {reduction} {list(targets.shape)}")
 
     # top-k over all shards equals torch.topk of the full logits (k=5 exceeds a 3/4-label shard)

@@ -32,14 +32,17 @@ def shard_range(num_labels: int, rank: int, world: int) -> tuple[int, int]:
     return start, start + base + (rank < extra)
 
 
-def gather_shapes(local: list[int], group=None) -> torch.Tensor:
-    """All-gather a few small ints per rank -> LongTensor [world, len(local)] (no autograd)."""
-    mine = torch.tensor(local, dtype=torch.long)  # [n]
+def gather_shapes(local: list[int], group=None, device=None) -> torch.Tensor:
+    """All-gather a few small ints per rank -> LongTensor [world, len(local)] (no autograd).
+
+    `device`: where the collective runs (NCCL needs a CUDA tensor); the result is on the CPU.
+    """
+    mine = torch.tensor(local, dtype=torch.long, device=device)  # [n]
     if rank_and_world(group)[1] == 1:
-        return mine[None]
+        return mine[None].cpu()
     out = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(out, mine, group=group)
-    return torch.stack(out)  # [W, n]
+    return torch.stack(out).cpu()  # [W, n]
 
 
 def _gather_padded(x: torch.Tensor, rows: list[int], pad_shape: tuple[int, ...], fill, group) -> list[torch.Tensor]:
@@ -83,7 +86,7 @@ def all_gather_rows(x: torch.Tensor, group=None, rows: list[int] | None = None) 
     if rank_and_world(group)[1] == 1:
         return x
     if rows is None:
-        rows = gather_shapes([x.shape[0]], group)[:, 0].tolist()
+        rows = gather_shapes([x.shape[0]], group, x.device)[:, 0].tolist()
     return _AllGatherRows.apply(x, rows, group)
 
 
@@ -98,7 +101,8 @@ def all_gather_targets(
         return targets
     multi = targets.dim() == 2
     if rows is None or (multi and width is None):
-        shapes = gather_shapes([targets.shape[0], targets.shape[1] if multi else 0], group)  # [W, 2]
+        local = [targets.shape[0], targets.shape[1] if multi else 0]
+        shapes = gather_shapes(local, group, targets.device)  # [W, 2]
         rows, width = shapes[:, 0].tolist(), int(shapes[:, 1].max())
     pad_shape = (max(rows), width) if multi else (max(rows),)
     return torch.cat(_gather_padded(targets, rows, pad_shape, -1, group))  # [N] or [N, M]
@@ -171,8 +175,9 @@ def _mismatches(table: list[dict]) -> list[str]:
     if len({len(row["targets"]) for row in table if row["targets"] is not None}) > 1:
         problems.append("targets mix single-label [B] and multi-label [B, M]")
     for row in table:
-        if row["features"] is not None and row["targets"] is not None and row["features"][0] != row["targets"][0]:
-            problems.append(f"rank {row['rank']}: {row['features'][0]} feature rows but {row['targets'][0]} target rows")
+        feats, targets = row["features"], row["targets"]
+        if feats is not None and targets is not None and feats[0] != targets[0]:
+            problems.append(f"rank {row['rank']}: {feats[0]} feature rows but {targets[0]} target rows")
     ranges = [row["labels"] for row in table]
     if all(r is not None for r in ranges):
         ends = [0] + [end for _, end in ranges]

@@ -71,10 +71,13 @@ class LabelShard:
 
         Targets are validated after the gather, so a bad label raises on every rank (naming its global row).
         """
-        debug_check(op, self.group, features=features, targets=targets, label_range=(self.start, self.end),
-                    num_labels=self.num_labels)
+        targets = targets.to(features.device)
+        debug_check(
+            op, self.group, features=features, targets=targets, label_range=(self.start, self.end),
+            num_labels=self.num_labels,
+        )
         width = targets.shape[1] if targets.dim() == 2 else 0
-        shapes = gather_shapes([features.shape[0], width], self.group)  # [W, 2]
+        shapes = gather_shapes([features.shape[0], width], self.group, features.device)  # [W, 2]
         rows, width = shapes[:, 0].tolist(), int(shapes[:, 1].max())
         x = all_gather_rows(features, self.group, rows)  # [N, d]
         t = all_gather_targets(targets, self.group, rows, width)  # [N] or [N, M]
@@ -85,9 +88,11 @@ class LabelShard:
     def topk(self, features, weight, bias, k: int, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k of this rank's rows over every shard: gather rows, local top-k with global ids, merge."""
         check_k(k, self.num_labels)
-        debug_check("topk", self.group, features=features.detach(), label_range=(self.start, self.end),
-                    num_labels=self.num_labels)
-        rows = gather_shapes([features.shape[0]], self.group)[:, 0].tolist()
+        debug_check(
+            "topk", self.group, features=features.detach(), label_range=(self.start, self.end),
+            num_labels=self.num_labels,
+        )
+        rows = gather_shapes([features.shape[0]], self.group, features.device)[:, 0].tolist()
         x = all_gather_rows(features.detach(), self.group, rows)  # [N, d]
         n, own = x.shape[0], min(k, weight.shape[0])
         scores = torch.full((n, k), -torch.inf, dtype=compute_dtypes(x, weight)[1], device=x.device)  # [N, k]
@@ -112,6 +117,16 @@ def init_shard(
         a, b = max(lo, shard.start), min(hi, shard.end)
         weight[a - shard.start : b - shard.start] = rows[a - lo : b - lo]
     return nn.Parameter(weight), nn.Parameter(torch.full((len(weight),), float(bias_value))) if bias else None
+
+
+def init_sharded_linear(
+    module: nn.Module, num_labels: int, in_dim: int, process_group, bias: bool, seed: int, bias_value: float = 0.0
+) -> None:
+    """Give `module` its `shard`, `label_start`/`label_end` and its rows of `weight` and `bias`."""
+    module.num_labels, module.in_dim = num_labels, in_dim
+    module.shard = LabelShard.of(num_labels, process_group)
+    module.label_start, module.label_end = module.shard.start, module.shard.end
+    module.weight, module.bias = init_shard(module.shard, in_dim, bias, seed, bias_value)
 
 
 class ShardedSoftmaxHead(nn.Module):
@@ -142,10 +157,7 @@ class ShardedSoftmaxHead(nn.Module):
         check_choice("multi_label_loss", multi_label_loss, PAL_REDUCTIONS)
         if not 0 < sample_rate <= 1:
             raise ConfigError(f"head.sample_rate={sample_rate}: expected 0 < sample_rate <= 1 (1 = exact softmax)")
-        self.num_labels, self.in_dim = num_labels, in_dim
-        self.shard = LabelShard.of(num_labels, process_group)
-        self.label_start, self.label_end = self.shard.start, self.shard.end
-        self.weight, self.bias = init_shard(self.shard, in_dim, bias, seed)
+        init_sharded_linear(self, num_labels, in_dim, process_group, bias, seed)
         self.sample_rate, self.chunk, self.multi_label_loss, self.seed = sample_rate, chunk, multi_label_loss, seed
         self.sampled_labels: torch.Tensor | None = None  # global ids kept by the last sampled `loss`
         self._generator: torch.Generator | None = None
@@ -216,11 +228,8 @@ class ShardedBCEHead(nn.Module):
     ):
         super().__init__()
         check_choice("label_reduction", label_reduction, LABEL_REDUCTIONS)
-        self.num_labels, self.in_dim = num_labels, in_dim
-        self.shard = LabelShard.of(num_labels, process_group)
-        self.label_start, self.label_end = self.shard.start, self.shard.end
         # b = -log C as in the single-process `bce` head: initial sigmoids near the label prior 1/C
-        self.weight, self.bias = init_shard(self.shard, in_dim, bias, seed, bias_value=-math.log(num_labels))
+        init_sharded_linear(self, num_labels, in_dim, process_group, bias, seed, bias_value=-math.log(num_labels))
         self.chunk, self.label_reduction = chunk, label_reduction
 
     def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
