@@ -57,6 +57,20 @@ def train(
     _print_result({"run_id": result["run_id"], "metrics": result["metrics"]}, as_json)
 
 
+@app.command("eval")
+def evaluate(
+    ref: str = typer.Argument(..., help="An MLflow run id or a checkpoint directory"),
+    data: Optional[str] = typer.Option(None, help="Dataset directory (default: the run's own)"),
+    uri: Optional[str] = typer.Option(None, help="Tracking URI (default: the local store under ./xlc-runs/)"),
+    as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
+) -> None:
+    """Score a trained run's latest valid checkpoint on a dataset's test split, in this process."""
+    from xlc.train.offline import checkpoint_of, evaluate_checkpoint
+
+    directory = checkpoint_of(ref, uri)
+    _print_result({"run_id": ref, "checkpoint": str(directory), "metrics": evaluate_checkpoint(directory, data)}, as_json)
+
+
 @app.command()
 def compare(
     config: str = typer.Argument(..., help="Compare config YAML (cluster_configs/examples/compare-*.yaml)"),

@@ -12,6 +12,7 @@ workers resumes on 1 or 3 with identical logits. Files load with `weights_only=T
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from xlc.errors import DataError
+from xlc.heads.tree import LabelHierarchy
 
 STATE_FILE = "state.json"
 
@@ -89,6 +91,22 @@ def read_state(directory: str | Path) -> dict:
     return json.loads((Path(directory) / STATE_FILE).read_text())
 
 
+def save_head_extras(directory: Path, extras: dict) -> Path:
+    """Constructor inputs of the head derived from data (the `tree` head's label hierarchy), as plain tensors."""
+    assert set(extras) == {"hierarchy"}, f"unexpected head extras {sorted(extras)}"
+    path = directory / "head_extras.pt"
+    _atomic_torch_save({"hierarchy": dataclasses.asdict(extras["hierarchy"])}, path)
+    return path
+
+
+def load_head_extras(directory: str | Path) -> dict:
+    path = Path(directory) / "head_extras.pt"
+    if not path.is_file():
+        return {}
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return {"hierarchy": LabelHierarchy(**saved["hierarchy"])}
+
+
 def latest_valid(candidate: str | Path) -> Path | None:
     """`candidate` if it verifies; else the newest sibling checkpoint_* that does, with a warning."""
     candidate = Path(candidate)
@@ -145,8 +163,9 @@ def _cut(shards: list[dict], pick, start: int, end: int) -> torch.Tensor | None:
     return out
 
 
-def load_head_shard(directory: str | Path, head: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load rows [head.label_start, head.label_end) from every saved shard (any saved world size)."""
+def load_head_shard(directory: str | Path, head: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load rows [head.label_start, head.label_end) from every saved shard (any saved world size), and the
+    matching Adam moments into `optimizer` when given."""
     paths = sorted(Path(directory).glob("head_shard_*.pt"))
     if not paths:
         raise DataError(f"{directory}: checkpoint has no head_shard_*.pt files for the sharded head")
@@ -158,6 +177,8 @@ def load_head_shard(directory: str | Path, head: torch.nn.Module, optimizer: tor
     for key in head.label_sharded:
         state[key] = _cut(shards, lambda s: s["tensors"].get(key), start, end)
     head.load_state_dict({k: v for k, v in state.items() if v is not None})
+    if optimizer is None:
+        return
     params = dict(head.named_parameters())
     for name in shards[0]["moments"]:
         moments = {}

@@ -10,6 +10,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import ray
 import ray.train
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
@@ -35,6 +36,9 @@ def ensure_ray(num_workers: int) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Starting workers that import torch + DeepSpeed can pass Ray Train's 60 s default on a loaded
+    # 2-core machine; the driver propagates this to the controller and workers.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
@@ -47,6 +51,19 @@ def ensure_ray(num_workers: int) -> None:
         log_to_driver=True,
         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}},
     )
+
+
+def head_extras(cfg: RunConfig, meta) -> dict:
+    """Constructor inputs a head needs from the training data: the PECOS label tree for `tree`."""
+    if cfg.head.name != "tree" or "hierarchy" in cfg.head.options:
+        return {}
+    from xlc.baselines.tree import build_hierarchy
+
+    tables = list(xdata.iter_tables(cfg.data, "train", 65536))  # PIFA needs every training row once
+    batch = xdata.collate(pa.concat_tables(tables), meta.multi_label)
+    features = (batch.feat_idx.numpy(), batch.feat_val.numpy(), batch.feat_offsets.numpy())
+    options = {k: cfg.head.options[k] for k in ("branching", "leaf_size") if k in cfg.head.options}
+    return {"hierarchy": build_hierarchy(features, batch.targets, meta.num_labels, seed=cfg.train.seed, **options)}
 
 
 def train(cfg: RunConfig) -> dict:
@@ -68,7 +85,8 @@ def train(cfg: RunConfig) -> dict:
     datasets = {"train": ray.data.read_parquet(train_files, columns=columns)}
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri},
+        train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
+                           "head_extras": head_extras(cfg, meta)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         datasets=datasets,

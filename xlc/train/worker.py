@@ -22,6 +22,7 @@ import torch.distributed as dist
 from xlc import config as xconfig
 from xlc import data as xdata
 from xlc.backbones import build_backbone
+from xlc.eval.collapse import NCAccumulator
 from xlc.eval.metrics import RankingMetrics, inv_propensity
 from xlc.errors import ConfigError
 from xlc.heads import build_head
@@ -89,6 +90,22 @@ def evaluate(data_dir: str, meta, model, head, device, *, ks, batch_size, inv_pr
     return metrics.compute()
 
 
+def collapse_metrics(data_dir: str, meta, model, head, device, batch_size: int) -> dict[str, float]:
+    """NC1-NC3 on the training features (eval mode, float64 class sums all-reduced over ranks)."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    acc = NCAccumulator(meta.num_labels, head.in_dim)
+    model.eval()
+    with torch.no_grad():
+        for batch in xdata.iter_batches(data_dir, "train", batch_size, rank=rank, world=world):
+            batch = batch.to(device)
+            acc.update(model(batch).double().cpu(), batch.targets.cpu())
+    model.train()
+    acc.load_state(all_reduce(acc.state()))
+    weight = getattr(head, "weight", None)
+    full = weight is not None and not is_sharded(head) and weight.shape == (meta.num_labels, head.in_dim)
+    return {f"nc/{k}": v for k, v in acc.compute(weight.detach().double().cpu() if full else None).items()}
+
+
 def train_loop(loop_config: dict) -> None:
     cfg = xconfig.from_dict(loop_config["config"])
     xengine.select_accelerator(cfg.use_gpu)
@@ -105,7 +122,8 @@ def train_loop(loop_config: dict) -> None:
         cfg.backbone.name, num_features=meta.num_features, hidden=cfg.backbone.hidden,
         dropout=cfg.backbone.dropout, **cfg.backbone.options,
     )
-    head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **cfg.head.options).to(device)
+    extras = loop_config.get("head_extras") or {}
+    head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **cfg.head.options, **extras).to(device)
     sharded = is_sharded(head)
     model = Model(backbone, None if sharded else head)
     head_lr = cfg.train.head_lr or cfg.train.lr
@@ -154,10 +172,12 @@ def train_loop(loop_config: dict) -> None:
             written = []
             if sharded:
                 written.append(ckpt.save_head_shard(directory, head, head_opt, rank))
+            if rank == 0 and extras:
+                written.append(ckpt.save_head_extras(directory, extras))
             if rank == 0:
                 written.append(ckpt.write_state(directory, {
                     "epoch": epoch, "step": step, "step_in_epoch": step_in_epoch, "world_size": world,
-                    "train_seconds": train_seconds, "samples_seen": samples_seen,
+                    "train_seconds": train_seconds, "samples_seen": samples_seen, "config": cfg.to_dict(),
                 }))
             written += [p for p in ckpt.files_under(directory / "engine")] if (directory / "engine").exists() else []
             ckpt.write_manifest(directory, rank, sorted(set(written)))
@@ -170,6 +190,8 @@ def train_loop(loop_config: dict) -> None:
             cfg.data, meta, engine.module, head, device, ks=cfg.eval.k, batch_size=cfg.train.batch_size,
             inv_prop=inv_prop, max_rows=cfg.eval.max_rows,
         )
+        if cfg.eval.collapse:
+            out.update(collapse_metrics(cfg.data, meta, engine.module, head, device, cfg.train.batch_size))
         peak = all_reduce(torch.tensor(peak_memory_bytes(device)), op=dist.ReduceOp.MAX)
         out.update(
             epoch=epoch, step=step, train_seconds=train_seconds, peak_memory_bytes=int(peak),

@@ -1,0 +1,67 @@
+"""Evaluation outside Ray: rebuild a run's model from its checkpoint in one process and score a dataset.
+
+A label-sharded head is reassembled from all of its saved shards (world size 1 owns every label),
+so `xlc eval` works for a run trained on any number of workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from xlc import config as xconfig
+from xlc import data as xdata
+from xlc import tracking
+from xlc.backbones import build_backbone
+from xlc.errors import ConfigError
+from xlc.eval.metrics import inv_propensity
+from xlc.heads import build_head
+from xlc.train import checkpoint as ckpt
+from xlc.train.worker import Model, evaluate, is_sharded
+
+
+def checkpoint_of(ref: str, uri: str | None) -> Path:
+    """A checkpoint directory given directly, or the newest valid checkpoint of an MLflow run id."""
+    path = Path(ref)
+    if path.is_dir():
+        found = ckpt.latest_valid(path)
+        if found is None:
+            raise ConfigError(f"{path}: not a valid checkpoint ({'; '.join(ckpt.verify(path)[:2])})")
+        return found
+    client = tracking.client(tracking.resolve_uri(uri))
+    try:
+        run = client.get_run(ref)
+    except Exception:
+        raise ConfigError(f"{ref!r}: neither a checkpoint directory nor a run id in {tracking.resolve_uri(uri)}") from None
+    storage = Path(run.data.params.get("storage.path") or "None")
+    if str(storage) == "None":
+        storage = tracking.RUNS_DIR / "checkpoints"
+    candidates = sorted((storage / run.info.run_name).glob("checkpoint_*"))
+    if not candidates:
+        raise ConfigError(f"run {ref}: no checkpoint under {storage / run.info.run_name}")
+    found = ckpt.latest_valid(candidates[-1])
+    if found is None:
+        raise ConfigError(f"run {ref}: every checkpoint under {storage / run.info.run_name} is corrupt")
+    return found
+
+
+def evaluate_checkpoint(directory: Path, data_dir: str | None = None) -> dict[str, float]:
+    state = ckpt.read_state(directory)
+    cfg = xconfig.from_dict(state["config"])
+    data_dir = data_dir or cfg.data
+    meta = xdata.read_meta(data_dir)
+    backbone = build_backbone(cfg.backbone.name, num_features=meta.num_features, hidden=cfg.backbone.hidden,
+                              dropout=cfg.backbone.dropout, **cfg.backbone.options)
+    extras = ckpt.load_head_extras(directory)
+    head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **cfg.head.options, **extras)
+    sharded = is_sharded(head)
+    model = Model(backbone, None if sharded else head)
+    module_state = torch.load(directory / "engine" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(module_state["module"])
+    if sharded:
+        ckpt.load_head_shard(directory, head)
+    counts = torch.from_numpy(xdata.label_counts(data_dir))
+    inv_prop = inv_propensity(counts, meta.num_train, a=cfg.eval.psp_a, b=cfg.eval.psp_b)
+    return evaluate(data_dir, meta, model, head, torch.device("cpu"), ks=cfg.eval.k,
+                    batch_size=cfg.train.batch_size, inv_prop=inv_prop, max_rows=None)
