@@ -116,21 +116,11 @@ def iter_tables(
             yield table
 
 
-def iter_batches(
-    directory: str | Path,
-    split: str,
-    batch_size: int,
-    *,
-    rank: int = 0,
-    world: int = 1,
-    columns: Sequence[str] | None = None,
-    shuffle_seed: int | None = None,
-) -> Iterator[Batch]:
-    """`iter_tables` collated into torch `Batch`es (targets padded per `meta.json`'s multi_label)."""
+def iter_batches(directory: str | Path, split: str, batch_size: int, **stream) -> Iterator[Batch]:
+    """`iter_tables` collated into torch `Batch`es (targets padded per `meta.json`'s multi_label); `stream`
+    takes iter_tables' keyword options: rank, world, columns, shuffle_seed, shuffle_window."""
     multi_label = read_meta(directory).multi_label
-    tables = iter_tables(directory, split, batch_size, rank=rank, world=world, columns=columns,
-                         shuffle_seed=shuffle_seed)
-    for table in tables:
+    for table in iter_tables(directory, split, batch_size, **stream):
         yield collate(table, multi_label)
 
 
