@@ -94,6 +94,19 @@ def _check_exact(rank, world_size):
         assert torch.equal(labels, want_labels[mine])
         assert_close(scores, want_scores[mine], atol=1e-12, rtol=1e-12)
 
+    # two labels: at world size 3 the last rank owns none; both labels are positives in the batch, so
+    # sampled mode keeps them all and must equal the exact softmax too
+    x2, w2, b2, single2, multi2 = _problem(2, sum(rows), torch.float64, seed=2)
+    for rate in (1.0, 0.5):
+        tiny = _sharded(2, w2, b2, sample_rate=rate)
+        for targets in (single2, multi2):
+            loss, gx, _, _ = _loss_and_grads(tiny, x2[mine], targets[mine])
+            xr = x2.clone().requires_grad_(True)
+            want = _reference_loss(xr @ w2.T + b2, targets)
+            assert_close(loss, want, atol=1e-9, rtol=1e-9)
+            assert_close(gx, torch.autograd.grad(want, [xr])[0][mine], atol=1e-9, rtol=1e-9)
+    assert torch.equal(tiny.topk(x2[mine], 2)[1], (x2 @ w2.T + b2).topk(2, dim=1)[1][mine])
+
     # a bad label on one rank raises on every rank (validated after the gather), naming the global row
     bad = single[mine].clone()
     if rank == world_size - 1 and len(bad):
