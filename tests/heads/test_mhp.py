@@ -152,8 +152,11 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("block", [None, 60])  # 60: tiny row blocks, the exhaustive fallback for open rows
 @pytest.mark.parametrize("sizes,num_labels,rank", CASES)
-def test_topk_equals_brute_force(sizes, num_labels, rank):
+def test_topk_equals_brute_force(sizes, num_labels, rank, block, monkeypatch):
+    if block:
+        monkeypatch.setattr("xlc.heads.mhp.BLOCK_ELEMENTS", block)
     for seed, scale in [(0, 0.5), (1, 3.0), (2, 8.0)]:
         head = _random_head(sizes, num_labels, rank, scale=scale, seed=seed)
         x = torch.randn(4, 6, dtype=torch.float64)

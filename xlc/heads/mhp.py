@@ -7,11 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, check_k, topk_lowest_index
+from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, check_k, chunk_ranges, merge_topk, topk_lowest_index
 from xlc.heads.codec import MixedRadix, positive_pairs
 from xlc.heads.etf import dot_regression, simplex_etf
 
 LOSSES = ("ce", "joint", "bce", "dr")
+# Scores one top-k block may hold (beam candidates or exhaustive chunk), plus as many int64 codes: ~100 MB.
+BLOCK_ELEMENTS = 2**23
 
 
 class MHPHead(nn.Module):
@@ -134,31 +136,60 @@ class MHPHead(nn.Module):
 
     @torch.no_grad()
     def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k of log p(y) over valid labels.
+        """Exact top-k of log p(y) over valid labels (for G > 1, ties go to the lower label).
 
         G = 1: the beam of `_k_best`. G > 1: Fagin's threshold algorithm over the G components: take each
-        component's `depth`-best list, score their union exactly; every unseen label scores at most
-        logsumexp_g(log pi_g + depth-th score of list g), so stop once the k-th seen score reaches that
-        bound, else double the depth (depth >= num_labels sees every label).
+        component's `depth`-best list and score their union exactly; every unseen label scores at most
+        logsumexp_g(log pi_g + depth-th score of list g), so a row is done once its k-th seen score reaches
+        that bound, else the depth grows 4x. Rows still open when a beam would pass `BLOCK_ELEMENTS`
+        scores are scored exhaustively over label chunks (exact, O(C) per row). Rows go in blocks too.
         """
         check_k(k, self.num_labels)
         logp, log_pi = self.log_probs(features)
+        block = max(1, BLOCK_ELEMENTS // (self.rank * (k + 1) * max(self.sizes)))  # rows per beam block
+        parts = [
+            self._topk_rows([lp[lo:hi] for lp in logp], log_pi[lo:hi], k)
+            for lo, hi in chunk_ranges(features.shape[0], block)
+        ]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _topk_rows(self, logp: list[torch.Tensor], log_pi: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch, rank = log_pi.shape
-        flat = [lp.reshape(batch * rank, -1) for lp in logp]  # H x [B*G, L_h]
+        if rank == 1:
+            return self._k_best([lp[:, 0] for lp in logp], k)
+        scores = log_pi.new_empty(batch, k)  # [B, k]
+        labels = torch.empty(batch, k, dtype=torch.long, device=log_pi.device)  # [B, k]
+        pending = torch.arange(batch, device=log_pi.device)  # rows not yet proven exact
         depth = k
-        while True:
-            lists, labels = self._k_best(flat, depth)  # [B*G, depth]
-            if rank == 1:
-                return lists, labels
-            labels, _ = labels.view(batch, rank * depth).sort(dim=1)  # [B, G*depth]
-            rows = torch.arange(batch, device=labels.device).repeat_interleave(rank * depth)
-            scores = self._log_prob(logp, log_pi, rows, labels.flatten()).view(batch, -1)  # [B, G*depth]
-            scores[:, 1:] = scores[:, 1:].masked_fill(labels[:, 1:] == labels[:, :-1], -torch.inf)  # one copy each
-            top, idx = topk_lowest_index(scores, k)  # [B, k]
-            bound = (lists.view(batch, rank, depth)[:, :, -1] + log_pi).logsumexp(1)  # [B]
-            if depth >= self.num_labels or bool((top[:, -1] >= bound).all()):
-                return top, labels.gather(1, idx)
-            depth = min(2 * depth, self.num_labels)
+        while pending.numel() and pending.numel() * rank * (depth + 1) * max(self.sizes) <= BLOCK_ELEMENTS:
+            n, sub, sub_pi = pending.numel(), [lp[pending] for lp in logp], log_pi[pending]
+            lists, cand = self._k_best([lp.reshape(n * rank, -1) for lp in sub], depth)  # [n*G, depth]
+            cand, _ = cand.view(n, rank * depth).sort(dim=1)  # [n, G*depth]
+            rows = torch.arange(n, device=cand.device).repeat_interleave(rank * depth)
+            seen = self._log_prob(sub, sub_pi, rows, cand.flatten()).view(n, -1)  # [n, G*depth]
+            seen[:, 1:] = seen[:, 1:].masked_fill(cand[:, 1:] == cand[:, :-1], -torch.inf)  # one copy each
+            top, idx = topk_lowest_index(seen, k)  # [n, k]
+            bound = (lists.view(n, rank, depth)[:, :, -1] + sub_pi).logsumexp(1)  # [n]
+            done = (top[:, -1] >= bound) | (depth >= self.num_labels)  # [n]
+            scores[pending[done]], labels[pending[done]] = top[done], cand.gather(1, idx)[done]
+            pending, depth = pending[~done], min(4 * depth, self.num_labels)
+        if pending.numel():
+            scores[pending], labels[pending] = self._exhaustive_topk([lp[pending] for lp in logp], log_pi[pending], k)
+        return scores, labels
+
+    def _exhaustive_topk(self, logp: list[torch.Tensor], log_pi: torch.Tensor, k: int):
+        """Exact top-k by scoring every label, a chunk of labels at a time (`[B, G, chunk]` at most)."""
+        batch, rank = log_pi.shape
+        scores = log_pi.new_empty(batch, 0)  # [B, <=k]
+        labels = torch.empty(batch, 0, dtype=torch.long, device=log_pi.device)  # [B, <=k]
+        for lo, hi in chunk_ranges(self.num_labels, max(k, BLOCK_ELEMENTS // (batch * rank))):
+            digits = self.codec.encode(torch.arange(lo, hi, device=log_pi.device))  # [c, H]
+            term = log_pi[:, :, None]  # [B, G, 1]
+            for h, lp in enumerate(logp):
+                term = term + lp.index_select(2, digits[:, h])  # [B, G, c]
+            s, i = topk_lowest_index(term.logsumexp(1), min(k, hi - lo))  # [B, k']
+            scores, labels = merge_topk(scores, labels, s, i + lo, k)
+        return scores, labels
 
 
 __all__ = ["MHPHead"]
