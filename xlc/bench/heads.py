@@ -20,7 +20,9 @@ import ctypes
 import json
 import re
 import statistics
+import sys
 import time
+from typing import Callable
 
 import psutil
 import torch
@@ -137,8 +139,9 @@ def run(
     k: int = 5,
     options: dict[str, dict] | None = None,
     memory_cap_bytes: int | None = None,
+    progress: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-    """One row per head x label count (see the module docstring for what each field measures)."""
+    """One row per head x label count (see the module docstring); `progress(row)` is called as each finishes."""
     unknown = sorted(set(heads) - set(HEADS))
     if unknown:
         raise ConfigError(f"--heads: {', '.join(unknown)} unknown; expected some of {', '.join(sorted(HEADS))}")
@@ -151,15 +154,17 @@ def run(
     dev = torch.device(device)
     cap = memory_cap_bytes or default_memory_cap(dev)
     options = options or {}
-    return [
-        _bench_one(name, c, batch, dim, dev, DTYPES[dtype], repeats, k, options.get(name, {}), cap)
-        for c in label_counts
-        for name in heads
-    ]
+    rows = []
+    for c in label_counts:
+        for name in heads:
+            rows.append(_bench_one(name, c, batch, dim, dev, DTYPES[dtype], repeats, k, options.get(name, {}), cap))
+            if progress:
+                progress(rows[-1])
+    return rows
 
 
-def _gib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / 2**30:.3f} GiB"
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:,.1f} MiB"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -173,7 +178,7 @@ def format_table(rows: list[dict]) -> str:
             lines.append(f"| {r['head']} | {r['labels']:,} | | | | skipped: {r['skipped']} |")
         else:
             lines.append(
-                f"| {r['head']} | {r['labels']:,} | {r['params']:,} | {r['step_ms']:.1f} | {r['topk_ms']:.1f} | {_gib(r['peak_mem_bytes'])} |"
+                f"| {r['head']} | {r['labels']:,} | {r['params']:,} | {r['step_ms']:.1f} | {r['topk_ms']:.1f} | {_mib(r['peak_mem_bytes'])} |"
             )
     return "\n".join(lines)
 
@@ -217,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         args.k,
         options,
         None if args.memory_cap_gib is None else int(args.memory_cap_gib * 2**30),
+        progress=lambda row: print(format_table([row]).splitlines()[-1], file=sys.stderr, flush=True),
     )
     print(format_table(rows))
     if args.json:
