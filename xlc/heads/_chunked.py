@@ -251,7 +251,9 @@ def topk_lowest_index(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     above = z > kth  # [B, c]
     tie = z == kth  # [B, c]
     free = k - above.sum(1, keepdim=True)  # [B, 1] slots left for scores equal to the k-th
-    take = above | (tie & (tie.cumsum(1) <= free))  # [B, c] exactly k per row, lowest indices among ties
+    if (tie.sum(1, keepdim=True) > free).any():  # rare outside tests; the cumsum is an int64 [B, c]
+        tie &= tie.cumsum(1) <= free
+    take = above | tie  # [B, c] exactly k per row, lowest indices among ties
     idx = take.nonzero()[:, 1].view(z.shape[0], k)  # [B, k] ascending index
     scores, order = z.gather(1, idx).sort(dim=1, descending=True, stable=True)
     return scores, idx.gather(1, order)
