@@ -10,6 +10,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import ray
 import ray.train
@@ -61,7 +62,8 @@ def head_extras(cfg: RunConfig, meta) -> dict:
 
     tables = list(xdata.iter_tables(cfg.data, "train", 65536))  # PIFA needs every training row once
     batch = xdata.collate(pa.concat_tables(tables), meta.multi_label)
-    features = (batch.feat_idx.numpy(), batch.feat_val.numpy(), batch.feat_offsets.numpy())
+    offsets = np.append(batch.feat_offsets.numpy(), len(batch.feat_idx))  # [N+1] CSR row pointers
+    features = (batch.feat_idx.numpy(), batch.feat_val.numpy(), offsets)
     options = {k: cfg.head.options[k] for k in ("branching", "leaf_size") if k in cfg.head.options}
     return {"hierarchy": build_hierarchy(features, batch.targets, meta.num_labels, seed=cfg.train.seed, **options)}
 

@@ -86,7 +86,7 @@ def evaluate(data_dir: str, meta, model, head, device, *, ks, batch_size, inv_pr
             _, labels = head.topk(model(batch), k)  # [B, k]
             metrics.update(labels.cpu(), batch.targets.cpu())
     model.train()
-    metrics.load_state(all_reduce(metrics.state()))
+    metrics.load_state(all_reduce(metrics.state().to(device)).cpu())
     return metrics.compute()
 
 
@@ -100,7 +100,7 @@ def collapse_metrics(data_dir: str, meta, model, head, device, batch_size: int) 
             batch = batch.to(device)
             acc.update(model(batch).double().cpu(), batch.targets.cpu())
     model.train()
-    acc.load_state(all_reduce(acc.state()))
+    acc.load_state(all_reduce(acc.state().to(device)).cpu())
     weight = getattr(head, "weight", None)
     full = weight is not None and not is_sharded(head) and weight.shape == (meta.num_labels, head.in_dim)
     return {f"nc/{k}": v for k, v in acc.compute(weight.detach().double().cpu() if full else None).items()}
@@ -135,9 +135,9 @@ def train_loop(loop_config: dict) -> None:
     )
     engine = xengine.initialize(model, groups, ds_config, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     head_opt = torch.optim.AdamW(head.parameters(), lr=head_lr, weight_decay=cfg.train.weight_decay) if sharded else None
-    head_parameters = int(all_reduce(torch.tensor(sum(p.numel() for p in head.parameters())))) if sharded else sum(
-        p.numel() for p in head.parameters()
-    )
+    head_parameters = sum(p.numel() for p in head.parameters())
+    if sharded:  # every rank holds its own shard
+        head_parameters = int(all_reduce(torch.tensor(head_parameters, device=device)))
 
     # ---- resume
     epoch, step, step_in_epoch, train_seconds, samples_seen = 0, 0, 0, 0.0, 0
@@ -192,7 +192,7 @@ def train_loop(loop_config: dict) -> None:
         )
         if cfg.eval.collapse:
             out.update(collapse_metrics(cfg.data, meta, engine.module, head, device, cfg.train.batch_size))
-        peak = all_reduce(torch.tensor(peak_memory_bytes(device)), op=dist.ReduceOp.MAX)
+        peak = all_reduce(torch.tensor(peak_memory_bytes(device), device=device), op=dist.ReduceOp.MAX)
         out.update(
             epoch=epoch, step=step, train_seconds=train_seconds, peak_memory_bytes=int(peak),
             samples_per_second=samples_seen / max(train_seconds, 1e-9), head_parameters=head_parameters,
@@ -213,7 +213,12 @@ def train_loop(loop_config: dict) -> None:
             if i < step_in_epoch:  # resumed mid-epoch: these batches were trained before the stop
                 continue
             batch = xdata.collate(table, meta.multi_label).to(device)
-            loss = head.loss(engine(batch), batch.targets)
+            features = engine(batch)  # [B, d]
+            if sharded and world > 1:
+                # The sharded loss is the global-batch mean, so this rank's feature gradient is already its
+                # share of the global gradient; DeepSpeed then averages over ranks, so undo its 1/world.
+                features.register_hook(lambda grad: grad * world)
+            loss = head.loss(features, batch.targets)
             engine.backward(loss)
             engine.step()
             if head_opt is not None:
