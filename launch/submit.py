@@ -47,6 +47,9 @@ DEFAULT_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "PYTHONUNBUFFERED": "1",  # so `ray job logs --follow` shows progress as it happens
+    # Ray Train otherwise moves each worker into a per-run directory, and relative paths in the run config
+    # (deepspeed: cluster_configs/deepspeed/...json, data: data/...) stop resolving against the uploaded dir.
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
 }
 
 # The driver command; `python -m` works whether xlc is pip-installed on the image or only on PYTHONPATH
@@ -149,11 +152,20 @@ def build_job(
     }
 
 
-def follow(address: str, job_id: str, *, out=sys.stdout) -> str:
-    """Stream the job's logs until it ends; return its final status (SUCCEEDED, FAILED or STOPPED)."""
+def job_client(address: str):
+    """A `JobSubmissionClient` that, like `ray.init` connecting to a cluster, sends the Ray auth token
+    (`$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or ~/.ray/auth_token) when there is one: Ray >= 2.5x
+    clusters started where a token exists require it, and the plain client only sends it if RAY_AUTH_MODE=token."""
+    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
     from ray.job_submission import JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    return JobSubmissionClient(address)
+
+
+def follow(address: str, job_id: str, *, out=sys.stdout) -> str:
+    """Stream the job's logs until it ends; return its final status (SUCCEEDED, FAILED or STOPPED)."""
+    client = job_client(address)
 
     async def _tail() -> None:
         async for lines in client.tail_job_logs(job_id):
@@ -179,8 +191,6 @@ def submit(
 
     With `no_wait=False`, stream the job's logs and raise `JobFailed` unless it ends SUCCEEDED.
     """
-    from ray.job_submission import JobSubmissionClient
-
     job = build_job(config_path, overrides=overrides, working_dir=working_dir, pip=pip, env=env, tracking_uri=tracking_uri)
     if "MLFLOW_TRACKING_URI" not in job["runtime_env"]["env_vars"]:
         print(
@@ -188,7 +198,7 @@ def submit(
             "on the cluster; pass --tracking-uri with a server every node reaches",
             file=sys.stderr,
         )
-    job_id = JobSubmissionClient(address).submit_job(**job)
+    job_id = job_client(address).submit_job(**job)
     print(f"submitted job {job_id}: {job['entrypoint']}")
     print(f"follow its logs: ray job logs --follow --address {shlex.quote(address)} {job_id}")
     print(f"status / stop:   ray job status --address {shlex.quote(address)} {job_id}  |  ray job stop ...")

@@ -159,22 +159,18 @@ def test_example_run_configs_cover_the_main_comparisons():
     assert any(n.startswith("wordnet-hypernym-") for n in heads) and any(n.startswith("go-mfo-") for n in heads)
 
 
-def _method_overrides(overrides: dict) -> list[str]:
-    """{key: value} -> ["key=value"] with values in YAML flow style, as on the command line."""
-    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in overrides.items()]
-
-
 @pytest.mark.parametrize("name", COMPARES)
 def test_compare_config_methods_load(name):
-    from xlc.config import from_dict
+    """Read by `xlc compare`'s own loader: every method is a valid run config, named <compare>-<method>."""
+    from xlc.compare import _load
 
-    spec = _yaml(CONFIGS / "examples" / name)
-    assert set(spec) == {"name", "base", "methods"} and spec["name"] == Path(name).stem
-    method_names = [m["name"] for m in spec["methods"]]
-    assert len(set(method_names)) == len(method_names) >= 2
-    heads = set()
-    for method in spec["methods"]:
-        assert set(method) == {"name", "overrides"}
-        cfg = from_dict(spec["base"], _method_overrides(method["overrides"]))
-        heads.add(cfg.head.name)
-    assert len(heads) >= 3
+    path = CONFIGS / "examples" / name
+    spec = _yaml(path)
+    assert set(spec) == {"name", "base", "methods"} and spec["name"] == path.stem
+    compare_name, experiment, methods, _ = _load(path, [])
+    assert [m for m, _ in methods] == [m["name"] for m in spec["methods"]]
+    assert len({m for m, _ in methods}) == len(methods) >= 2
+    assert all(cfg.name == f"{compare_name}-{m}" and cfg.tracking.experiment == experiment for m, cfg in methods)
+    assert len({cfg.head.name for _, cfg in methods}) >= 3
+    # A section override replaces the head: no base head option leaks into another head.
+    assert {m: cfg.head.options for m, cfg in methods}["mhp-3"] == {"num_heads": 3}
