@@ -49,6 +49,10 @@ from xlc.heads.mhs import MHSHead  # noqa: E402
 
 HEADS.update(mhp=MHPHead, mhc=MHCHead, mhs=MHSHead, etf=ETFHead)
 
+from xlc.heads.mhc_sharded import MHCShardedHead  # noqa: E402
+
+HEADS["mhc_sharded"] = MHCShardedHead
+
 from xlc.heads.tree import TreeHead  # noqa: E402
 
 HEADS["tree"] = TreeHead

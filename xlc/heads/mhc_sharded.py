@@ -1,0 +1,217 @@
+"""Model-parallel Multi-Head Cascade: `mhc` with its label-embedding table split by contiguous group ranges."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from xlc.errors import ConfigError, DataError
+from xlc.heads._chunked import all_reduce_, check_k, topk_lowest_index, unique_targets, validate_targets
+from xlc.heads._dist import all_gather_rows, all_gather_targets, debug_check, debug_enabled, gather_shapes
+from xlc.heads._dist import local_rows, merge_topk
+from xlc.heads.mhc import candidate_scores, check_cascade, group_hot, group_labels, is_positive, top_groups
+from xlc.heads.mhc import training_candidates
+from xlc.heads.sharded import LabelShard, init_shard
+
+
+class _ReplicatedRows(torch.autograd.Function):
+    """Forward: every rank's rows in rank order, [B_r, d] -> [N, d]. Backward: this rank's slice, not reduced.
+
+    Everything downstream runs identically on every rank (replicated layers, and `_ReduceGradient` makes
+    the sharded part's gradient whole), so each rank already holds the full gradient of the gathered rows.
+    """
+
+    @staticmethod
+    def forward(ctx, x, rows, group, mine):
+        ctx.mine = mine
+        return all_gather_rows(x, group, rows)  # [N, d]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad[ctx.mine], None, None, None
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Forward: all-reduce SUM of each rank's share of the loss. Backward: identity (every rank holds the sum)."""
+
+    @staticmethod
+    def forward(ctx, share, group):
+        return all_reduce_(share.clone(), dist.ReduceOp.SUM, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _ReduceGradient(torch.autograd.Function):
+    """Forward: identity. Backward: all-reduce SUM, since each rank's loss share sees only its own candidates."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce_(grad.contiguous().clone(), dist.ReduceOp.SUM, ctx.group), None
+
+
+class MHCShardedHead(nn.Module):
+    """`mhc` (same loss, candidates and approximate top-k) with the table E split by contiguous group ranges.
+
+    Replicated and small: group head W_g and projection W_p, run on the all-gathered global batch on every
+    rank, so candidates (from g.detach()) and their gradients are identical everywhere: the training loop
+    does not average a sharded head. Sharded: E[label_start:label_end], whole groups; each rank scores the
+    candidates it owns and the loss shares are summed (one scalar all-reduce); dL/de is all-reduced (N x
+    hidden). `topk` merges each rank's top-k; cross-rank ties go to the lower label range (mhc: the
+    higher-scoring group). https://arxiv.org/abs/2412.10182
+    """
+
+    label_sharded = ("table",)  # state_dict entries whose dim 0 is [label_start, label_end)
+
+    def __init__(
+        self,
+        num_labels: int,
+        in_dim: int,
+        *,
+        process_group=None,
+        num_groups: int | None = None,
+        group_size: int | None = None,
+        hidden: int = 300,
+        candidates: int = 10,
+        multi_label: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.groups, self.candidates = check_cascade(num_labels, num_groups, group_size, hidden, candidates)
+        self.num_groups, self.group_size = self.groups.sizes
+        self.num_labels, self.in_dim, self.multi_label = num_labels, in_dim, multi_label
+        by_group = LabelShard.of(self.num_groups, process_group)  # this rank's contiguous range of groups
+        per = self.group_size
+        self.shard = dataclasses.replace(
+            by_group, num_labels=num_labels, start=min(by_group.start * per, num_labels),
+            end=min(by_group.end * per, num_labels),
+        )
+        self.label_start, self.label_end = self.shard.start, self.shard.end
+        gen = torch.Generator().manual_seed(seed)  # the replicated layers must start equal on every rank
+        self.group_head = nn.Linear(in_dim, self.num_groups)
+        self.proj = nn.Linear(in_dim, hidden)
+        for layer in (self.group_head, self.proj):
+            nn.init.xavier_uniform_(layer.weight, generator=gen)
+            nn.init.uniform_(layer.bias, -1 / math.sqrt(in_dim), 1 / math.sqrt(in_dim), generator=gen)
+        # U(+-1/sqrt(hidden)) drawn per block of global label ids (any world size gives the same table),
+        # rescaled to mhc's xavier bound over its [C + 1, hidden] table
+        self.table, _ = init_shard(self.shard, hidden, False, seed)  # [C_local, hidden]
+        with torch.no_grad():
+            self.table.mul_(math.sqrt(6 / (num_labels + 1 + hidden)) * math.sqrt(hidden))
+
+    def _gather(self, op: str, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features [N, d], targets [N] or [N, M]) of the global batch; validated on every rank."""
+        shard, targets = self.shard, targets.to(features.device)
+        debug_check(
+            op, shard.group, features=features, targets=targets, label_range=(shard.start, shard.end),
+            num_labels=self.num_labels,
+        )
+        width = targets.shape[1] if targets.dim() == 2 else 0
+        shapes = gather_shapes([features.shape[0], width], shard.group, features.device)  # [W, 2]
+        rows, width = shapes[:, 0].tolist(), int(shapes[:, 1].max())
+        x = features
+        if shard.world > 1:
+            x = _ReplicatedRows.apply(features, rows, shard.group, local_rows(rows, shard.rank))  # [N, d]
+        t = all_gather_targets(targets, shard.group, rows, width)  # [N] or [N, M]
+        validate_targets(t, self.num_labels, x.shape[0])
+        return x, t
+
+    def _owned(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) `[P]` of the candidate slots whose label this rank holds (padding belongs to nobody)."""
+        return ((labels >= self.label_start) & (labels < self.label_end)).nonzero(as_tuple=True)
+
+    def _scores_of(self, e: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
+        """E[labels[rows, cols]] . e[rows] `[P]`, gathering only the owned rows of the table."""
+        return (self.table[labels[rows, cols] - self.label_start] * e[rows]).sum(1)  # [P]
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x, t = self._gather("mhc_sharded.loss", features, targets)  # [N, d], [N] or [N, M]
+        g = self.group_head(x)  # [N, G], the same on every rank
+        e = _ReduceGradient.apply(self.proj(x), self.shard.group)  # [N, hidden]
+        if not self.multi_label:
+            return self._single_label_loss(g, e, t)
+        t = unique_targets(t)  # [N, M]
+        labels = training_candidates(g, t, self.group_size, self.num_labels, self.candidates)  # [N, Nc]
+        self._check_same_candidates(labels)
+        rows, cols = self._owned(labels)  # [P]
+        z = self._scores_of(e, labels, rows, cols)  # [P]
+        positive = is_positive(labels, t)[rows, cols].to(z.dtype)  # [P]
+        share = F.binary_cross_entropy_with_logits(z, positive, reduction="sum")
+        label_loss = _SumOverRanks.apply(share, self.shard.group) / (labels < self.num_labels).sum()
+        return label_loss + F.binary_cross_entropy_with_logits(g, group_hot(t, g, self.group_size))
+
+    def _single_label_loss(self, g: torch.Tensor, e: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.dim() != 1:
+            shape = list(targets.shape)
+            raise DataError(f"targets: head mhc_sharded with multi_label=false expects single-label [B], got {shape}")
+        labelled = targets >= 0  # [N] rows of -1 count in the mean with zero loss
+        y = targets.clamp(min=0)
+        group, local = y // self.group_size, y % self.group_size  # [N]
+        rows = (labelled & (y >= self.label_start) & (y < self.label_end)).nonzero()[:, 0]  # [P] own groups
+        labels = group_labels(group[rows, None], self.group_size, self.num_labels)  # [P, per]
+        padded = labels == self.num_labels
+        table_rows = self.table[(labels - self.label_start).masked_fill(padded, 0)]  # [P, per, hidden]
+        z = torch.bmm(table_rows, e[rows, :, None]).squeeze(2).masked_fill(padded, -torch.inf)  # [P, per]
+        share = F.cross_entropy(z, local[rows], reduction="sum")
+        group_loss = (F.cross_entropy(g, group, reduction="none") * labelled).sum()
+        return (_SumOverRanks.apply(share, self.shard.group) + group_loss) / targets.shape[0]
+
+    def _check_same_candidates(self, labels: torch.Tensor) -> None:
+        """XLC_DEBUG_DIST=1: every rank must have picked the same candidates (deterministic group head)."""
+        if not debug_enabled() or self.shard.world == 1:
+            return
+        flat = labels.flatten()  # [N * Nc]; int64 overflow wraps the same way on every rank
+        position = torch.arange(1, flat.numel() + 1, device=flat.device)
+        mine = [flat.numel(), int(flat.sum()), int((flat * position).sum())]
+        table = gather_shapes(mine, self.shard.group, labels.device)  # [W, 3]
+        if not bool((table == table[0]).all()):
+            raise ConfigError(
+                f"mhc_sharded.loss: ranks chose different candidate labels (fingerprints {table.tolist()}); the "
+                "group head must compute bit-identical logits on every rank (same device type, deterministic kernels)"
+            )
+
+    @torch.no_grad()
+    def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`mhc`'s approximate top-k of this rank's rows: local top-k over the owned candidates, merged."""
+        check_k(k, self.num_labels)
+        shard = self.shard
+        debug_check(
+            "mhc_sharded.topk", shard.group, features=features, label_range=(shard.start, shard.end),
+            num_labels=self.num_labels,
+        )
+        rows = gather_shapes([features.shape[0]], shard.group, features.device)[:, 0].tolist()
+        x = all_gather_rows(features, shard.group, rows)  # [N, d]
+        g = self.group_head(x)  # [N, G]
+        group_scores, groups = top_groups(g, k, self.group_size, self.candidates, self.multi_label)  # [N, K']
+        labels = group_labels(groups, self.group_size, self.num_labels)  # [N, K'*per]
+        own_rows, own_cols = self._owned(labels)  # [P]
+        z = torch.zeros(labels.shape, dtype=g.dtype, device=g.device)  # [N, K'*per]
+        z[own_rows, own_cols] = self._scores_of(self.proj(x), labels, own_rows, own_cols)
+        scores = candidate_scores(z, group_scores, labels, self.num_labels, self.multi_label)  # [N, K'*per]
+        owned = torch.zeros_like(labels, dtype=torch.bool)
+        owned[own_rows, own_cols] = True
+        top, idx = topk_lowest_index(scores.masked_fill(~owned, -torch.inf), k)  # [N, k]
+        top_labels = labels.gather(1, idx).masked_fill(top == -torch.inf, -1)  # [N, k]; -1 pads a few-label shard
+        top, top_labels = merge_topk(top, top_labels, k, shard.group)
+        mine = local_rows(rows, shard.rank)
+        return top[mine], top_labels[mine]
+
+    def extra_repr(self) -> str:
+        return (
+            f"labels [{self.label_start}, {self.label_end}) of {self.num_labels}, groups {self.num_groups} x "
+            f"{self.group_size}, in_dim={self.in_dim}, candidates={self.candidates}, multi_label={self.multi_label}"
+        )
+
+
+__all__ = ["MHCShardedHead"]
