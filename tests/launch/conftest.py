@@ -48,7 +48,7 @@ def _stop_tree(root: psutil.Process, temp_dir: str) -> None:
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(list(procs.values()), timeout=20)
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=10)
     for p in alive:
         try:
             p.kill()

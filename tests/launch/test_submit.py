@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import shlex
 import time
 import zipfile
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.submit import ENTRYPOINT, WORKING_DIR_EXCLUDES, build_job, job_client, main, pinned_requirements, submit
+from launch.submit import ENTRYPOINT, WORKING_DIR_EXCLUDES, build_job, follow, job_client, main, pinned_requirements, submit
 from xlc.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +128,7 @@ def icd10cm_dir(tmp_path_factory) -> Path:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~2 min on 2 cores: Ray head start, dataset build, a 2-worker DeepSpeed run
 def test_submit_real_run_to_local_head(ray_head, icd10cm_dir, tmp_path, capsys):
     """The repository is the working dir, an example config the run; the job must succeed and log to MLflow."""
     from mlflow.tracking import MlflowClient
@@ -159,3 +161,7 @@ def test_submit_real_run_to_local_head(ray_head, icd10cm_dir, tmp_path, capsys):
     assert runs[0].info.run_id in logs  # `xlc train` prints the run id
     assert runs[0].data.params["head.name"] == "mhp" and runs[0].data.params["deepspeed"].endswith("cpu_fp32.json")
     assert "p_at_1" in runs[0].data.metrics
+
+    streamed = io.StringIO()  # what `submit(..., no_wait=False)` and `xlc submit --wait` print
+    assert follow(ray_head, job_id, out=streamed) == "SUCCEEDED"
+    assert runs[0].info.run_id in streamed.getvalue()
