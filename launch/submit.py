@@ -56,9 +56,6 @@ DEFAULT_ENV = {
 # (Ray puts the uploaded working dir first on every worker's PYTHONPATH).
 ENTRYPOINT = ("python", "-m", "xlc.cli", "train")
 
-TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
-
-
 class JobFailed(RuntimeError):
     """A job submitted with no_wait=False ended in a state other than SUCCEEDED (not a user error: exit 1)."""
 
