@@ -6,12 +6,17 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-from data_tools.builders import icd10cm, synthetic
+from data_tools.builders import debian, gcide, go_mfo, hpo, icd10cm, synthetic, wordnet
 from xlc.errors import ConfigError
 
 BUILDERS: dict[str, Callable[..., Path]] = {
+    "debian-depends": debian.build,
+    "gcide-headword": gcide.build,
+    "go-mfo": go_mfo.build,
+    "hpo": hpo.build,
     "icd10cm": icd10cm.build,
     "synthetic": synthetic.build,
+    "wordnet-hypernym": wordnet.build,
 }
 
 

@@ -6,6 +6,7 @@ dir and a rename, so an interrupted fetch leaves nothing half-written.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import os
 import shutil
@@ -77,13 +78,33 @@ def pip_package_file(dist: str, module: str, pattern: str) -> Path:
 def apt_package_dir(package: str) -> Path:
     """Root of a Debian package's files: `apt-get download` + `dpkg-deb -x` (no install, no root needed
     beyond apt's own lists; run `apt-get update` first if apt does not know the package)."""
-    need = (f"xlc needs the Debian package {package}: run `apt-get update` and check `apt-cache policy {package}`, "
-            f"or build on a Debian/Ubuntu machine with apt access")
+    need = _apt_need(package)
 
     def fetch(tmp: Path) -> None:
-        _run(["apt-get", "download", package], tmp, need)
-        deb = _one(list(tmp.glob(f"{package}_*.deb")), f"apt-get download {package}", f"{package}_*.deb")
+        deb = apt_download(package, tmp)
         _run(["dpkg-deb", "-x", str(deb), "root"], tmp, need)
         deb.unlink()
 
     return _unpacked("apt", package, fetch) / "root"
+
+
+def _apt_need(package: str) -> str:
+    return (f"xlc needs the Debian package {package}: run `apt-get update` and check `apt-cache policy {package}`, "
+            f"or build on a Debian/Ubuntu machine with apt access")
+
+
+def apt_download(package: str, directory: Path) -> Path:
+    """`apt-get download package` into `directory` (no install); returns the .deb file."""
+    _run(["apt-get", "download", package], directory, _apt_need(package))
+    return _one(list(Path(directory).glob(f"{package}_*.deb")), f"apt-get download {package}", f"{package}_*.deb")
+
+
+def apt_package_version(package: str) -> str:
+    """Debian version of the unpacked `apt_package_dir(package)`, from the first line of its changelog
+    (`wordnet (1:3.0-37) unstable; ...` -> `1:3.0-37`); `unknown` if the package ships none."""
+    changelog = apt_package_dir(package) / "usr" / "share" / "doc" / package / "changelog.Debian.gz"
+    if not changelog.is_file():
+        return "unknown"
+    with gzip.open(changelog, "rt", errors="replace") as f:
+        first = f.readline()
+    return first.partition("(")[2].partition(")")[0] or "unknown"
