@@ -43,8 +43,7 @@ def default_chunk(batch: int, num_labels: int) -> int:
 
 def linear_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """The default `logit_fn`: `x @ w.T + b`."""
-    z = x @ w.T  # [B, c]
-    return z if b is None else z + b
+    return x @ w.T if b is None else torch.addmm(b, x, w.T)  # [B, c]
 
 
 def compute_dtypes(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
@@ -129,7 +128,7 @@ class _ChunkedLoss(torch.autograd.Function):
             picked += torch.where(inside, z.gather(1, idx), 0).sum(1)
             if kind == "ce":
                 new_max = torch.maximum(row_max, z.max(dim=1).values)  # [B]
-                total = total * torch.exp(row_max - new_max) + torch.exp(z - new_max[:, None]).sum(1)
+                total = total * torch.exp(row_max - new_max) + (z - new_max[:, None]).exp_().sum(1)
                 row_max = new_max
             else:
                 total += F.softplus(z).sum(1)
@@ -160,8 +159,9 @@ class _ChunkedLoss(torch.autograd.Function):
             b_leaf = None if bias is None else bias[lo:hi].detach().requires_grad_(need_b)
             with torch.enable_grad():
                 z = _chunk_logits(x_leaf, w_leaf, b_leaf, cd, acc, ctx.logit_fn)  # [B, c]
-            f = torch.exp(z.detach() - lse[:, None]) if ctx.kind == "ce" else torch.sigmoid(z.detach())  # [B, c]
-            dz = ga * f  # [B, c]
+            # softmax or sigmoid, then scaled in place: one [B, c] temporary besides z
+            dz = (z.detach() - lse[:, None]).exp_() if ctx.kind == "ce" else torch.sigmoid(z.detach())  # [B, c]
+            dz.mul_(ga)
             idx, inside = _in_chunk(local, lo, hi - lo)
             dz.scatter_add_(1, idx, torch.where(inside, -gc, 0))
             leaves = [t for t, need in ((x_leaf, need_x), (w_leaf, need_w), (b_leaf, need_b)) if need]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
@@ -16,8 +17,9 @@ def rbf_logits(x: torch.Tensor, w: torch.Tensor, b: None, *, scale: float, gamma
     # ||x||^2 + ||w||^2 - 2 x.w cancels badly in 16-bit, so distances are always at least fp32.
     dtype = torch.promote_types(x.dtype, torch.float32)
     x, w = x.to(dtype), w.to(dtype)
-    d = (x * x).sum(1, keepdim=True) + (w * w).sum(1) - 2 * (x @ w.T)  # [B, c]
-    return scale * torch.exp(-d.clamp(min=0) / gamma)
+    d = torch.addmm((w * w).sum(1), x, w.T, alpha=-2).add_((x * x).sum(1, keepdim=True)).clamp_(min=0)  # [B, c]
+    # in place, one [B, c] buffer: s * exp(-d / gamma) = exp(-d / gamma + log s)
+    return d.mul_(-1 / gamma).add_(math.log(scale)).exp_()
 
 
 class RBFHead(nn.Module):
