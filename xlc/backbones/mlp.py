@@ -28,5 +28,6 @@ class SparseMLP(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """`batch` has `feat_idx [nnz]`, `feat_offsets [B]`, `feat_val [nnz]` (an `xlc.data.Batch`)."""
-        h = self.embed(batch.feat_idx, batch.feat_offsets, per_sample_weights=batch.feat_val) + self.bias  # [B, h0]
+        values = batch.feat_val.to(self.embed.weight.dtype)  # bf16 engines hold bf16 tables
+        h = self.embed(batch.feat_idx, batch.feat_offsets, per_sample_weights=values) + self.bias  # [B, h0]
         return self.dropout(self.norm(self.mlp(h)))  # [B, out_dim]

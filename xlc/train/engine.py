@@ -53,6 +53,10 @@ def initialize(model: torch.nn.Module, param_groups: list[dict], ds_config: dict
     """`deepspeed.initialize` with a client AdamW over `param_groups` unless the JSON names an optimizer."""
     import deepspeed
 
+    # The CPU accelerator JIT-compiles a shared-memory all-reduce op that only DeepSpeed's inference
+    # path uses; skipping it saves a C++ build per machine and the torch-extensions lock that a worker
+    # killed mid-build leaves behind (every later start then waits on it forever).
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     deepspeed.utils.logger.setLevel(logging.WARNING)
     optimizer = None

@@ -70,7 +70,10 @@ def head_extras(cfg: RunConfig, meta) -> dict:
 
 def train(cfg: RunConfig) -> dict:
     """Run (or resume) `cfg` and return {"run_id", "metrics"} with the final evaluation."""
-    cfg = dataclasses.replace(cfg, data=str(Path(cfg.data).resolve()))  # workers run in other directories
+    # Workers run in per-run directories: every path they read must be absolute.
+    cfg = dataclasses.replace(
+        cfg, data=str(Path(cfg.data).resolve()), deepspeed=cfg.deepspeed and str(Path(cfg.deepspeed).resolve())
+    )
     meta = xdata.read_meta(cfg.data)  # fail fast, before Ray starts, on a bad dataset directory
     uri = tracking.resolve_uri(cfg.tracking.uri)
     tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(cfg.workers), "git_commit": tracking.git_commit()}
