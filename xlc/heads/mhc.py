@@ -68,12 +68,7 @@ class MHCHead(nn.Module):
         return label_loss + F.binary_cross_entropy_with_logits(g, group_hot(t, g, self.group_size))
 
     def _single_label_loss(self, g: torch.Tensor, e: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.dim() != 1:
-            shape = list(targets.shape)
-            raise DataError(f"targets: head mhc with multi_label=false expects single-label [B], got {shape}")
-        labelled = targets >= 0  # [B] rows of -1 count in the mean with zero loss
-        y = targets.clamp(min=0)
-        group, local = y // self.group_size, y % self.group_size  # [B]
+        labelled, group, local = split_single_label(targets, self.group_size, "mhc")  # [B] each
         labels = self.group_labels(group[:, None])  # [B, per]
         logits = self.candidate_logits(e, labels).masked_fill(labels == self.num_labels, -torch.inf)  # [B, per]
         per_row = F.cross_entropy(logits, local, reduction="none") + F.cross_entropy(g, group, reduction="none")
@@ -103,6 +98,15 @@ def check_cascade(
         raise ConfigError(f"hidden={hidden!r}: expected an integer >= 1")
     return groups, min(candidates, groups.sizes[0])
 
+
+def split_single_label(targets: torch.Tensor, group_size: int, head: str) -> tuple[torch.Tensor, ...]:
+    """Single-label targets `[B]` -> (labelled, group, position in the group) `[B]`; a -1 row is unlabelled
+    (it counts in the mean with zero loss) and gets group 0."""
+    if targets.dim() != 1:
+        shape = list(targets.shape)
+        raise DataError(f"targets: head {head} with multi_label=false expects single-label [B], got {shape}")
+    y = targets.clamp(min=0)
+    return targets >= 0, y // group_size, y % group_size
 
 def group_labels(groups: torch.Tensor, group_size: int, num_labels: int) -> torch.Tensor:
     """Groups `[B, K]` -> their labels `[B, K * group_size]`, padded slots = num_labels."""
@@ -183,6 +187,7 @@ __all__ = [
     "group_hot",
     "group_labels",
     "is_positive",
+    "split_single_label",
     "top_groups",
     "training_candidates",
 ]

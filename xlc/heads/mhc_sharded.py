@@ -10,12 +10,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from xlc.errors import ConfigError, DataError
+from xlc.errors import ConfigError
 from xlc.heads._chunked import all_reduce_, check_k, topk_lowest_index, unique_targets, validate_targets
 from xlc.heads._dist import all_gather_rows, all_gather_targets, debug_check, debug_enabled, gather_shapes
 from xlc.heads._dist import local_rows, merge_topk
 from xlc.heads.mhc import candidate_scores, check_cascade, group_hot, group_labels, is_positive, top_groups
-from xlc.heads.mhc import training_candidates
+from xlc.heads.mhc import split_single_label, training_candidates
 from xlc.heads.sharded import LabelShard, init_shard
 
 
@@ -152,13 +152,9 @@ class MHCShardedHead(nn.Module):
         return label_loss + F.binary_cross_entropy_with_logits(g, group_hot(t, g, self.group_size))
 
     def _single_label_loss(self, g: torch.Tensor, e: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if targets.dim() != 1:
-            shape = list(targets.shape)
-            raise DataError(f"targets: head mhc_sharded with multi_label=false expects single-label [B], got {shape}")
-        labelled = targets >= 0  # [N] rows of -1 count in the mean with zero loss
-        y = targets.clamp(min=0)
-        group, local = y // self.group_size, y % self.group_size  # [N]
-        rows = (labelled & (y >= self.label_start) & (y < self.label_end)).nonzero()[:, 0]  # [P] own groups
+        labelled, group, local = split_single_label(targets, self.group_size, "mhc_sharded")  # [N] each
+        y = targets.clamp(min=0)  # [N]; this rank holds whole groups, so y in its range <=> group(y) held
+        rows = (labelled & (y >= self.label_start) & (y < self.label_end)).nonzero()[:, 0]  # [P]
         labels = group_labels(group[rows, None], self.group_size, self.num_labels)  # [P, per]
         padded = labels == self.num_labels
         table_rows = self.table[(labels - self.label_start).masked_fill(padded, 0)]  # [P, per, hidden]
