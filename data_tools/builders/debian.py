@@ -137,13 +137,17 @@ def _release(path: Path) -> str:
     return " ".join(f"{k}={v}" for k, v in fields.items())
 
 
-def build(out_dir: str, *, labels: str = "depends", min_label_count: int = 2, test_fraction: float = 0.2,
-          seed: int = 0, overwrite: bool = False) -> Path:
-    """Build debian-{labels} into `out_dir`; rows grouped by Source never straddle train and test."""
+def build(out_dir: str, *, labels: str = "depends", min_label_count: int = 2, max_samples: int = 0,
+          test_fraction: float = 0.2, seed: int = 0, overwrite: bool = False) -> Path:
+    """Build debian-{labels} into `out_dir`; rows grouped by Source never straddle train and test.
+    `max_samples` > 0 keeps a seeded random subset of the packages (quick builds, tests)."""
     if labels not in LABEL_SETS:
         raise ConfigError(f"debian-depends: --labels={labels!r}: expected one of {', '.join(LABEL_SETS)}")
     packages, translations, release = index_files()
     records = [r for r in parse_packages(packages, translations) if r[labels]]
+    if 0 < max_samples < len(records):
+        keep = np.sort(np.random.default_rng(seed).choice(len(records), max_samples, replace=False))
+        records = [records[i] for i in keep]
     test = group_split(np.array([r["source"] for r in records]), test_fraction, seed)  # [N]
     texts, targets = [r["text"] for r in records], [r[labels] for r in records]
     if min_label_count > 0:
@@ -153,5 +157,6 @@ def build(out_dir: str, *, labels: str = "depends", min_label_count: int = 2, te
         out_dir, name=f"debian-{labels}", texts=texts, labels=targets, test=test,
         multi_label=labels != "maintainer",
         source=f"Debian archive ({_release(release)}): {packages.name} + {translations.name}",
-        options=dict(labels=labels, min_label_count=min_label_count, test_fraction=test_fraction, seed=seed),
+        options=dict(labels=labels, min_label_count=min_label_count, max_samples=max_samples,
+                     test_fraction=test_fraction, seed=seed),
         overwrite=overwrite)
