@@ -114,6 +114,14 @@ def bench_heads(ctx: typer.Context) -> None:
     bench_main(list(ctx.args))
 
 
+@bench_app.command("sharded", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_sharded(ctx: typer.Context) -> None:
+    """Model-parallel heads on 1..N gloo ranks: step time, memory per rank, bytes communicated."""
+    from xlc.bench.sharded import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
 @bench_app.command("data", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_data(ctx: typer.Context) -> None:
     """XC conversion MB/s, rows/s streamed per worker, synthetic generation RSS."""

@@ -56,5 +56,7 @@ def test_killed_worker_resumes_and_matches_uninterrupted(run_config, xlc_cli, tm
     for key in ("p@1", "p@3", "p@5", "ndcg@5"):
         assert abs(metrics[key] - expected[key]) < TOLERANCE, (key, metrics[key], expected[key])
     assert "restart" in err.lower() or "failure" in err.lower()  # Ray reported the worker failure
-    for directory in sorted(run_dir.glob("checkpoint_*")):
+    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
+    assert checkpoints
+    for directory in checkpoints:
         assert ckpt.verify(directory) == [], directory  # nothing lost or half-written

@@ -37,7 +37,7 @@ def checkpoint_of(ref: str, uri: str | None) -> Path:
     storage = Path(run.data.params.get("storage.path") or "None")
     if str(storage) == "None":
         storage = tracking.RUNS_DIR / "checkpoints"
-    candidates = sorted((storage / run.info.run_name).glob("checkpoint_*"))
+    candidates = sorted(p for p in (storage / run.info.run_name).glob("checkpoint_*") if p.is_dir())
     if not candidates:
         raise ConfigError(f"run {ref}: no checkpoint under {storage / run.info.run_name}")
     found = ckpt.latest_valid(candidates[-1])
