@@ -6,6 +6,7 @@ Compare config (YAML):
     methods:                         # each method = the base run config + dotted overrides
       - {name: mhp, overrides: {head.name: mhp, head.num_heads: 2}}
       - {name: softmax, overrides: {head.name: softmax}}
+      - {name: knn, baseline: knn, options: {k: 10}}   # FAISS kNN on the same dataset, no training
     reuse: true                      # read a method's finished run back from MLflow instead of training again
 Each method trains as run `<name>-<method>`; a summary run `<name>-summary` holds the table (markdown,
 CSV) and the comparison plots as artifacts.
@@ -30,14 +31,18 @@ COLUMNS = [
 ]
 
 
-def _load(path: str | Path, overrides: list[str]) -> tuple[str, str, list[tuple[str, RunConfig]], bool]:
+BASELINES = ("knn",)
+
+
+def load_compare(path: str | Path, overrides: list[str]) -> tuple[str, str, list[tuple[str, RunConfig, dict | None]], bool]:
+    """(name, experiment, [(method, run config, baseline options or None)], reuse) from a compare YAML."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: compare config not found") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("methods"), list) or not raw.get("name"):
-        raise ConfigError(f"{path}: expected keys name, base, methods (a list of {{name, overrides}})")
+        raise ConfigError(f"{path}: expected keys name, base, methods (a list of {{name, overrides}} or {{name, baseline}})")
     unknown = set(raw) - {"name", "experiment", "base", "methods", "reuse"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, experiment, base, methods, reuse")
@@ -55,12 +60,19 @@ def _load(path: str | Path, overrides: list[str]) -> tuple[str, str, list[tuple[
     for i, m in enumerate(raw["methods"]):
         if not isinstance(m, dict) or "name" not in m:
             raise ConfigError(f"{path}: methods[{i}]: expected a mapping with name and overrides")
+        if "baseline" in m:
+            if m["baseline"] not in BASELINES:
+                raise ConfigError(f"{path}: methods[{i}].baseline={m['baseline']!r}: expected one of {', '.join(BASELINES)}")
+            raw_cfg = apply_overrides(yaml.safe_load(yaml.safe_dump(base)), [f"name={name}-{m['name']}",
+                                                                              f"tracking.experiment={experiment}"])
+            methods.append((m["name"], from_dict(raw_cfg, overrides), {"baseline": m["baseline"], **(m.get("options") or {})}))
+            continue
         items = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                  for k, v in (m.get("overrides") or {}).items()]
         items += [f"name={name}-{m['name']}", f"tracking.experiment={experiment}"]
         raw_cfg = apply_overrides(yaml.safe_load(yaml.safe_dump(base)), items)
         try:
-            methods.append((m["name"], from_dict(raw_cfg, overrides)))
+            methods.append((m["name"], from_dict(raw_cfg, overrides), None))
         except ConfigError as e:
             raise ConfigError(f"{path}: method {m['name']!r}: {e}") from None
     return name, experiment, methods, bool(raw.get("reuse", False))
@@ -127,20 +139,37 @@ def plot(runs: list[dict], out: Path) -> list[Path]:
     return paths
 
 
+def run_baseline(cfg: RunConfig, options: dict, uri: str) -> dict:
+    """Fit and score a non-neural baseline on the run's dataset, recorded as an MLflow run like a training run."""
+    from xlc.baselines.knn import evaluate_knn
+
+    options = {k: v for k, v in options.items() if k != "baseline"}
+    params = tracking.flatten({"baseline": "knn", "data": str(Path(cfg.data).resolve()), **options})
+    run_id, _ = tracking.start_run(uri, cfg.tracking.experiment, cfg.name, params, {"head": "knn", "git_commit": tracking.git_commit()})
+    try:
+        metrics = evaluate_knn(cfg.data, ks=cfg.eval.k, psp_a=cfg.eval.psp_a, psp_b=cfg.eval.psp_b, seed=cfg.train.seed, **options)
+    except TypeError as e:
+        tracking.end_run(uri, run_id, failed=True)
+        raise ConfigError(f"knn options {sorted(options)}: {e}") from None
+    tracking.RunLogger(uri, run_id).metrics(metrics, step=0)
+    tracking.end_run(uri, run_id)
+    return {"run_id": run_id, "metrics": metrics}
+
+
 def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "xlc-runs/compare") -> dict:
     from xlc.train.trainer import train
 
-    name, experiment, methods, reuse = _load(path, overrides)
+    name, experiment, methods, reuse = load_compare(path, overrides)
     uri = None
     runs = []
-    for method, cfg in methods:
+    for method, cfg, baseline in methods:
         uri = tracking.resolve_uri(cfg.tracking.uri)
         previous = tracking.find_run(uri, experiment, cfg.name) if reuse else None
         if previous is not None and previous.info.status == "FINISHED":
             metrics = {tracking.metric_name(k): v for k, v in previous.data.metrics.items()}
             runs.append({"method": method, "run_id": previous.info.run_id, "metrics": metrics})
             continue
-        result = train(cfg)
+        result = run_baseline(cfg, baseline, uri) if baseline else train(cfg)
         runs.append({"method": method, "run_id": result["run_id"], "metrics": result["metrics"]})
 
     md, table_csv = format_table(runs)
@@ -149,7 +178,7 @@ def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "x
     (out / "table.md").write_text(md)
     (out / "table.csv").write_text(table_csv)
     figures = plot(runs, out)
-    summary_id, _ = tracking.start_run(uri, experiment, f"{name}-summary", {"methods": ",".join(m for m, _ in methods)},
+    summary_id, _ = tracking.start_run(uri, experiment, f"{name}-summary", {"methods": ",".join(m for m, *_ in methods)},
                                        {"kind": "compare-summary", "git_commit": tracking.git_commit()})
     logger = tracking.RunLogger(uri, summary_id)
     for artifact in [out / "table.md", out / "table.csv", *figures]:

@@ -162,15 +162,15 @@ def test_example_run_configs_cover_the_main_comparisons():
 @pytest.mark.parametrize("name", COMPARES)
 def test_compare_config_methods_load(name):
     """Read by `xlc compare`'s own loader: every method is a valid run config, named <compare>-<method>."""
-    from xlc.compare import _load
+    from xlc.compare import load_compare
 
     path = CONFIGS / "examples" / name
     spec = _yaml(path)
     assert set(spec) == {"name", "base", "methods"} and spec["name"] == path.stem
-    compare_name, experiment, methods, _ = _load(path, [])
-    assert [m for m, _ in methods] == [m["name"] for m in spec["methods"]]
-    assert len({m for m, _ in methods}) == len(methods) >= 2
-    assert all(cfg.name == f"{compare_name}-{m}" and cfg.tracking.experiment == experiment for m, cfg in methods)
-    assert len({cfg.head.name for _, cfg in methods}) >= 3
+    compare_name, experiment, methods, _ = load_compare(path, [])
+    assert [m for m, *_ in methods] == [m["name"] for m in spec["methods"]]
+    assert len({m for m, *_ in methods}) == len(methods) >= 2
+    assert all(cfg.name == f"{compare_name}-{m}" and cfg.tracking.experiment == experiment for m, cfg, _ in methods)
+    assert len({cfg.head.name for _, cfg, _ in methods}) >= 3
     # A section override replaces the head: no base head option leaks into another head.
-    assert {m: cfg.head.options for m, cfg in methods}["mhp-3"] == {"num_heads": 3}
+    assert {m: cfg.head.options for m, cfg, _ in methods}["mhp-3"] == {"num_heads": 3}

@@ -52,6 +52,16 @@ def label_matrix(labels, num_labels: int) -> sp.csr_matrix:
     return y
 
 
+def count_sketch(x: sp.csr_matrix, max_dim: int, seed: int = 0) -> sp.csr_matrix:
+    """Project CSR [N, D] to [N, max_dim] by a seeded count sketch (feature j -> bucket h(j), sign s(j)), which
+    preserves inner products in expectation; identity when D <= max_dim."""
+    if x.shape[1] <= max_dim:
+        return x
+    rng = np.random.default_rng(seed)
+    bucket, sign = rng.integers(0, max_dim, x.shape[1]), rng.choice([-1.0, 1.0], x.shape[1])
+    return x @ sp.csr_matrix((sign.astype(np.float32), (np.arange(x.shape[1]), bucket)), shape=(x.shape[1], max_dim))
+
+
 def pifa(features, labels, num_labels: int, max_dim: int = 512, seed: int = 0) -> np.ndarray:
     """PIFA embeddings [L, D'] float32, unit rows: sum of the L2-normalised features of each label's positives.
 
@@ -64,10 +74,7 @@ def pifa(features, labels, num_labels: int, max_dim: int = 512, seed: int = 0) -
         raise ConfigError(f"features have {x.shape[0]} rows but labels have {y.shape[0]}: they must match")
     norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())  # [N]
     x = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ x
-    if x.shape[1] > max_dim:
-        rng = np.random.default_rng(seed)
-        bucket, sign = rng.integers(0, max_dim, x.shape[1]), rng.choice([-1.0, 1.0], x.shape[1])
-        x = x @ sp.csr_matrix((sign.astype(np.float32), (np.arange(x.shape[1]), bucket)), shape=(x.shape[1], max_dim))
+    x = count_sketch(x, max_dim, seed)
     z = np.asarray((y.T @ x).todense(), dtype=np.float32)  # [L, D']
     norms = np.linalg.norm(z, axis=1, keepdims=True)
     # a label with no training positives gets a random direction, so it still lands in some leaf
@@ -138,4 +145,4 @@ def build_hierarchy(features, labels, num_labels: int, branching: int = 16, leaf
     return recursive_hierarchy(num_labels, depth, branching, split)
 
 
-__all__ = ["as_csr", "balanced_assign", "build_hierarchy", "label_matrix", "pifa", "spherical_split"]
+__all__ = ["as_csr", "count_sketch", "balanced_assign", "build_hierarchy", "label_matrix", "pifa", "spherical_split"]
