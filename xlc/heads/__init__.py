@@ -13,6 +13,16 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from xlc.errors import ConfigError
+from xlc.heads.bce import BCEHead
+from xlc.heads.etf import ETFHead
+from xlc.heads.mhc import MHCHead
+from xlc.heads.mhc_sharded import MHCShardedHead
+from xlc.heads.mhp import MHPHead
+from xlc.heads.mhs import MHSHead
+from xlc.heads.rbf import RBFHead
+from xlc.heads.sharded import ShardedBCEHead, ShardedSoftmaxHead
+from xlc.heads.softmax import ChunkedSoftmaxHead, SoftmaxHead
+from xlc.heads.tree import TreeHead
 
 
 @runtime_checkable
@@ -29,33 +39,21 @@ class Head(Protocol):
         ...
 
 
-# name -> class; each class takes (num_labels, in_dim, **options). Filled in by the modules below.
-HEADS: dict[str, type[torch.nn.Module]] = {}
-
-from xlc.heads.bce import BCEHead  # noqa: E402  (the registry is filled after HEADS exists)
-from xlc.heads.rbf import RBFHead  # noqa: E402
-from xlc.heads.softmax import ChunkedSoftmaxHead, SoftmaxHead  # noqa: E402
-
-HEADS.update(softmax=SoftmaxHead, chunked_softmax=ChunkedSoftmaxHead, bce=BCEHead, rbf=RBFHead)
-
-from xlc.heads.sharded import ShardedBCEHead, ShardedSoftmaxHead  # noqa: E402
-
-HEADS.update(sharded_softmax=ShardedSoftmaxHead, sharded_bce=ShardedBCEHead)
-
-from xlc.heads.etf import ETFHead  # noqa: E402
-from xlc.heads.mhc import MHCHead  # noqa: E402
-from xlc.heads.mhp import MHPHead  # noqa: E402
-from xlc.heads.mhs import MHSHead  # noqa: E402
-
-HEADS.update(mhp=MHPHead, mhc=MHCHead, mhs=MHSHead, etf=ETFHead)
-
-from xlc.heads.mhc_sharded import MHCShardedHead  # noqa: E402
-
-HEADS["mhc_sharded"] = MHCShardedHead
-
-from xlc.heads.tree import TreeHead  # noqa: E402
-
-HEADS["tree"] = TreeHead
+# name -> class; each class takes (num_labels, in_dim, **options).
+HEADS: dict[str, type[torch.nn.Module]] = {
+    "softmax": SoftmaxHead,
+    "chunked_softmax": ChunkedSoftmaxHead,
+    "sharded_softmax": ShardedSoftmaxHead,
+    "bce": BCEHead,
+    "sharded_bce": ShardedBCEHead,
+    "mhp": MHPHead,
+    "mhc": MHCHead,
+    "mhc_sharded": MHCShardedHead,
+    "mhs": MHSHead,
+    "etf": ETFHead,
+    "rbf": RBFHead,
+    "tree": TreeHead,
+}
 
 
 def build_head(name: str, num_labels: int, in_dim: int, **options) -> torch.nn.Module:
