@@ -77,9 +77,11 @@ def strip_header(block: str) -> str:
 
 def article_definitions(article: str) -> tuple[str, list[str]]:
     """(lowercased headword, definition texts) of one GCIDE article."""
-    headword, _, rest = article.partition(" \\")
+    headword, marker, rest = article.partition(" \\")
+    if not marker or "\n" in headword:  # no `Headword \\pron\\` header: not an entry we can label
+        return "", []
     definitions = []
-    for n, block in enumerate(re.split(r"\n\s*\n", rest if rest else article)):
+    for n, block in enumerate(re.split(r"\n\s*\n", rest)):
         if DROP_BLOCK.match(block):
             continue
         text = strip_header("\\" + block) if n == 0 else block
@@ -127,7 +129,8 @@ def build(out_dir: str, *, min_defs: int = 3, test_fraction: float = 0.2, seed: 
                + wordnet_samples(apt_package_dir(WORDNET) / "usr" / "share" / "wordnet"))
     counts = Counter(headword for _, headword in samples)
     samples = [(text, headword) for text, headword in samples if counts[headword] >= min_defs]
-    _, y = np.unique([headword for _, headword in samples], return_inverse=True)  # [N] for stratification
+    index = {headword: i for i, headword in enumerate(sorted(counts))}
+    y = np.array([index[headword] for _, headword in samples])  # [N] for stratification
     return write_text_dataset(
         out_dir, name="gcide-headword", texts=[text for text, _ in samples],
         labels=[[headword] for _, headword in samples], test=stratified_split(y, test_fraction, seed),
