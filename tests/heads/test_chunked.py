@@ -203,7 +203,8 @@ def test_errors_name_the_field():
 
 
 def test_default_chunk_bounds_the_logit_block():
-    assert default_chunk(256, 10**6) == 65536  # 256 x 65536 x 4 bytes = 64 MiB
+    assert default_chunk(256, 10**6) == 16384  # 256 x 16384 x 4 bytes = 16 MiB
+    assert default_chunk(256, 10**6, "cuda") == 131072  # 128 MiB
     assert default_chunk(256, 1000) == 1000
     assert default_chunk(10**9, 10**6) == 1
 

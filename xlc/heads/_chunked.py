@@ -29,16 +29,19 @@ from xlc.errors import ConfigError, DataError
 
 LogitFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
-# One fp32 [B, chunk] logit block is about 64 MiB: B=256 -> 65536 labels per chunk. Backward holds
-# about four such blocks at once (logits, dL/dz, autograd temporaries), so ~256 MiB at the peak.
-CHUNK_BYTES = 64 * 2**20
+# Bytes of one fp32 [B, chunk] logit block; backward holds about three such blocks at once.
+# CPU: 16 MiB (B=256 -> 16384 labels), under glibc's 32 MiB mmap threshold, so freed blocks are reused
+# instead of page-faulted in again: 1.3x faster than 64 MiB blocks at 262k labels, B=d=256 (2-core CPU).
+# CUDA: 128 MiB (B=256 -> 131072 labels): fewer, larger matmuls; the caching allocator reuses blocks.
+CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 128 * 2**20}
 PAL_REDUCTIONS = ("pal_sum", "pal_mean")
 LABEL_REDUCTIONS = ("sum", "mean")
 
 
-def default_chunk(batch: int, num_labels: int) -> int:
-    """Labels per chunk so that one fp32 `[batch, chunk]` block stays about `CHUNK_BYTES`."""
-    return max(1, min(num_labels, CHUNK_BYTES // (4 * max(batch, 1))))
+def default_chunk(batch: int, num_labels: int, device_type: str = "cpu") -> int:
+    """Labels per chunk so that one fp32 `[batch, chunk]` block stays about `CHUNK_BYTES[device_type]`."""
+    budget = CHUNK_BYTES.get(device_type, CHUNK_BYTES["cuda"])
+    return max(1, min(num_labels, budget // (4 * max(batch, 1))))
 
 
 def linear_logits(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -212,7 +215,7 @@ def chunked_cross_entropy(
         a, c = n, torch.ones_like(n)
     else:
         a, c = (n > 0).to(acc), torch.where(n > 0, 1 / n.clamp(min=1), 0)
-    chunk = chunk or default_chunk(x.shape[0], weight.shape[0])
+    chunk = chunk or default_chunk(x.shape[0], weight.shape[0], x.device.type)
     return _ChunkedLoss.apply(x, weight, bias, local, a, c, "ce", chunk, group, logit_fn or linear_logits)
 
 
@@ -240,7 +243,7 @@ def chunked_bce(
     if label_reduction == "mean":
         total = all_reduce_(torch.tensor(float(weight.shape[0]), dtype=acc, device=x.device), dist.ReduceOp.SUM, group)
         scale = scale / total
-    chunk = chunk or default_chunk(x.shape[0], weight.shape[0])
+    chunk = chunk or default_chunk(x.shape[0], weight.shape[0], x.device.type)
     local = _local_targets(targets, label_offset)  # [B, M]
     return _ChunkedLoss.apply(x, weight, bias, local, scale, scale, "bce", chunk, group, logit_fn or linear_logits)
 
@@ -287,7 +290,7 @@ def chunked_topk(
     check_k(k, weight.shape[0])
     cd, acc = compute_dtypes(x, weight)
     logit_fn = logit_fn or linear_logits
-    chunk = chunk or default_chunk(x.shape[0], weight.shape[0])
+    chunk = chunk or default_chunk(x.shape[0], weight.shape[0], x.device.type)
     scores = torch.empty(x.shape[0], 0, dtype=acc, device=x.device)  # [B, <=k]
     labels = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)  # [B, <=k]
     for lo, hi in chunk_ranges(weight.shape[0], chunk):
