@@ -24,7 +24,6 @@ import sys
 import time
 from typing import Callable
 
-import psutil
 import torch
 
 from xlc.errors import ConfigError
@@ -96,7 +95,9 @@ def _meta_params(name: str, num_labels: int, dim: int, options: dict) -> int | N
 def default_memory_cap(device: torch.device) -> int:
     if device.type == "cuda":
         return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
-    return int(0.8 * psutil.virtual_memory().available)
+    with open("/proc/meminfo") as f:
+        available_kib = int(re.search(r"MemAvailable:\s+(\d+)", f.read()).group(1))
+    return int(0.8 * available_kib * 1024)
 
 
 def _bench_one(name, num_labels, batch, dim, device, dtype, repeats, k, options, cap) -> dict:
