@@ -83,7 +83,8 @@ def test_manifest_detects_truncation_and_falls_back(tmp_path):
         assert ckpt.latest_valid(new) == old
     assert any("corrupt" in str(w.message) for w in caught)
 
-    (old / "state.json").write_text('{"epoch": 2}')  # same size, altered content
+    state = old / "state.json"
+    state.write_text(state.read_text().replace("1", "2"))  # same size, altered content
     assert any("checksum mismatch" in p for p in ckpt.verify(old))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
