@@ -33,6 +33,10 @@ def test_train_logs_to_mlflow_then_resumes(run_config, xlc_cli, tmp_path):
     assert {"loss", "p_at_1", "p_at_5"} <= set(run.data.metrics)
     assert run.data.tags["world_size"] == "2"
     assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/curves.png", "plots/frequency_buckets.png", "plots/label_frequency.png"} <= plots
+    assert "model/state.json" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert any(k.startswith("recall@5/freq_") for k in metrics)  # head/tail breakdown
     assert list((tmp_path / "checkpoints" / "it").glob("checkpoint_*/manifest_0.json"))
 
     # Same name, one more epoch: the run resumes from its epoch-1 checkpoint into the same MLflow run.

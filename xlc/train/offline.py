@@ -64,4 +64,4 @@ def evaluate_checkpoint(directory: Path, data_dir: str | None = None) -> dict[st
     counts = torch.from_numpy(xdata.label_counts(data_dir))
     inv_prop = inv_propensity(counts, meta.num_train, a=cfg.eval.psp_a, b=cfg.eval.psp_b)
     return evaluate(data_dir, meta, model, head, torch.device("cpu"), ks=cfg.eval.k,
-                    batch_size=cfg.train.batch_size, inv_prop=inv_prop, max_rows=None)
+                    batch_size=cfg.train.batch_size, inv_prop=inv_prop, max_rows=None, train_counts=counts)

@@ -21,9 +21,11 @@ from xlc import data as xdata
 from xlc import tracking
 from xlc.config import RunConfig
 from xlc.errors import XlcError
+from xlc.report import log_run_report
 from xlc.train.worker import train_loop
 
-REPORTED = ("p@", "ndcg@", "psp@", "acc", "train_seconds", "samples_per_second", "peak_memory_bytes", "head_parameters")
+REPORTED = ("p@", "ndcg@", "psp@", "acc", "recall@", "train_seconds", "samples_per_second", "peak_memory_bytes",
+            "head_parameters")
 
 
 def storage_path(cfg: RunConfig) -> str:
@@ -112,5 +114,7 @@ def train(cfg: RunConfig) -> dict:
             raise cause from None
         raise
     metrics = {k: v for k, v in (result.metrics or {}).items() if k.startswith(REPORTED)}
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else None
+    log_run_report(uri, run_id, cfg.data, checkpoint if checkpoint and Path(checkpoint).is_dir() else None)
     tracking.end_run(uri, run_id)
     return {"run_id": run_id, "resumed": resumed, "metrics": metrics}

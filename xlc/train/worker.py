@@ -59,7 +59,35 @@ def all_reduce(values: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return values
 
 
-def evaluate(data_dir: str, meta, model, head, device, *, ks, batch_size, inv_prop, max_rows) -> dict[str, float]:
+FREQ_EDGES = (0, 1, 2, 5, 10, 50, 100, 1000)  # training-count buckets: 0, 1, 2-4, 5-9, ..., 1000+
+
+
+class FrequencyBuckets:
+    """recall@k of (test row, true label) pairs grouped by the label's training count: head vs tail."""
+
+    def __init__(self, train_counts: torch.Tensor, k: int):
+        self.k = k
+        self.bucket = torch.bucketize(train_counts, torch.tensor(FREQ_EDGES[1:]), right=True)  # [L]
+        self.sums = torch.zeros(2, len(FREQ_EDGES), dtype=torch.float64)  # [hits, pairs] x buckets
+
+    def update(self, labels: torch.Tensor, truth: torch.Tensor) -> None:
+        truth = truth.reshape(len(truth), -1)  # [B, M]
+        valid = truth >= 0
+        hit = (truth.unsqueeze(-1) == labels[:, : self.k].unsqueeze(1)).any(-1) & valid  # [B, M]
+        b = self.bucket[truth.clamp(min=0)][valid]  # [pairs]
+        self.sums[0].index_add_(0, b, hit[valid].double())
+        self.sums[1].index_add_(0, b, torch.ones_like(b, dtype=torch.float64))
+
+    def compute(self) -> dict[str, float]:
+        highs = [f"{e - 1}" for e in FREQ_EDGES[1:]] + ["inf"]
+        return {
+            f"recall@{self.k}/freq_{lo}-{hi}": float(self.sums[0, i] / self.sums[1, i])
+            for i, (lo, hi) in enumerate(zip(FREQ_EDGES, highs)) if self.sums[1, i] > 0
+        }
+
+
+def evaluate(data_dir: str, meta, model, head, device, *, ks, batch_size, inv_prop, max_rows,
+             train_counts: torch.Tensor) -> dict[str, float]:
     """P@k / nDCG@k / PSP@k / accuracy over the test split, each rank taking every world-th batch.
 
     Sharded heads run collectives inside `topk`, so every rank makes the same number of calls:
@@ -67,6 +95,7 @@ def evaluate(data_dir: str, meta, model, head, device, *, ks, batch_size, inv_pr
     """
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     metrics = RankingMetrics(ks=ks, inv_propensity=inv_prop)
+    buckets = FrequencyBuckets(train_counts, max(ks))
     num_test = meta.num_test if max_rows is None else min(meta.num_test, max_rows)
     num_batches = math.ceil(num_test / batch_size)  # batch i goes to rank i % world
     rounds = math.ceil(num_batches / world)
@@ -85,9 +114,11 @@ def evaluate(data_dir: str, meta, model, head, device, *, ks, batch_size, inv_pr
             batch = batch.to(device)
             _, labels = head.topk(model(batch), k)  # [B, k]
             metrics.update(labels.cpu(), batch.targets.cpu())
+            buckets.update(labels.cpu(), batch.targets.cpu())
     model.train()
     metrics.load_state(all_reduce(metrics.state().to(device)).cpu())
-    return metrics.compute()
+    buckets.sums = all_reduce(buckets.sums.to(device)).cpu()
+    return {**metrics.compute(), **buckets.compute()}
 
 
 def collapse_metrics(data_dir: str, meta, model, head, device, batch_size: int) -> dict[str, float]:
@@ -161,8 +192,8 @@ def train_loop(loop_config: dict) -> None:
     logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     if logger is not None:
         logger.tags({"world_size": world, "head_parameters": head_parameters, "resumed_from_step": step})
-    train_counts = xdata.label_counts(cfg.data)
-    inv_prop = inv_propensity(torch.from_numpy(train_counts), meta.num_train, a=cfg.eval.psp_a, b=cfg.eval.psp_b)
+    train_counts = torch.from_numpy(xdata.label_counts(cfg.data))
+    inv_prop = inv_propensity(train_counts, meta.num_train, a=cfg.eval.psp_a, b=cfg.eval.psp_b)
     shard = ray.train.get_dataset_shard("train")
 
     def save_and_report(metrics: dict) -> None:
@@ -188,7 +219,7 @@ def train_loop(loop_config: dict) -> None:
     def eval_metrics() -> dict:
         out = evaluate(
             cfg.data, meta, engine.module, head, device, ks=cfg.eval.k, batch_size=cfg.train.batch_size,
-            inv_prop=inv_prop, max_rows=cfg.eval.max_rows,
+            inv_prop=inv_prop, max_rows=cfg.eval.max_rows, train_counts=train_counts,
         )
         if cfg.eval.collapse:
             out.update(collapse_metrics(cfg.data, meta, engine.module, head, device, cfg.train.batch_size))
