@@ -48,6 +48,7 @@ def test_int_accepted_where_float_expected(tmp_path):
         (["backbone.dropout=1.5"], "backbone.dropout=1.5: must be in [0, 1)"),
         (["eval.k=[]"], "eval.k=[]: must be a non-empty list"),
         (["nonsense=1"], "nonsense: unknown key; allowed: name, data"),
+        (["name=../escape"], "name='../escape': use letters, digits"),
     ],
 )
 def test_bad_fields_are_named(tmp_path, override, fragment):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import yaml
@@ -55,7 +56,9 @@ def load_compare(path: str | Path, overrides: list[str]) -> tuple[str, str, list
             raise ConfigError(f"{path}: base={raw['base']!r}: file {base_path} not found") from None
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a run config mapping or a path to one")
-    name, experiment = raw["name"], raw.get("experiment", raw["name"])
+    name, experiment = str(raw["name"]), str(raw.get("experiment", raw["name"]))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ConfigError(f"{path}: name={name!r}: use letters, digits, '.', '_' and '-' (it names files and runs)")
     methods = []
     for i, m in enumerate(raw["methods"]):
         if not isinstance(m, dict) or "name" not in m:

@@ -8,6 +8,7 @@ allowed. Components receive flat arguments, never this object.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,8 +201,8 @@ def _check_values(cfg: RunConfig, errors: list[str]) -> None:
         errors.append(f"eval.k={cfg.eval.k}: must be a non-empty list of integers >= 1")
     if cfg.train.checkpoint_every_steps < 0 or cfg.storage.max_failures < -1:
         errors.append("train.checkpoint_every_steps must be >= 0 and storage.max_failures >= -1 (-1: unlimited)")
-    if not cfg.name or "/" in cfg.name:
-        errors.append(f"name={cfg.name!r}: must be a non-empty run name without '/'")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name) or ".." in cfg.name:
+        errors.append(f"name={cfg.name!r}: use letters, digits, '.', '_' and '-' (it names checkpoint directories)")
 
 
 def _check_components(cfg: RunConfig, errors: list[str]) -> None:

@@ -260,6 +260,9 @@ def train_loop(loop_config: dict) -> None:
             running, n_running = running + loss.item(), n_running + 1
             if logger is not None and step % cfg.train.log_every_steps == 0:
                 logger.metrics({"loss": running / n_running}, step)
+                print(f"[{cfg.name}] epoch {epoch + 1}/{cfg.train.epochs} step {step} loss {running / n_running:.4f} "
+                      f"({samples_seen / max(train_seconds + time.perf_counter() - tic, 1e-9):.0f} samples/s)",
+                      flush=True)  # reaches the driver's console through Ray's log forwarding
                 running, n_running = 0.0, 0
             if cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
                 train_seconds += time.perf_counter() - tic
