@@ -122,6 +122,14 @@ def bench_sharded(ctx: typer.Context) -> None:
     bench_main(list(ctx.args))
 
 
+@bench_app.command("ann", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_ann(ctx: typer.Context) -> None:
+    """FAISS ANN top-k over a trained classifier: recall@k against exact top-k, P@k both ways, speedup."""
+    from xlc.bench.ann import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
 @bench_app.command("data", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_data(ctx: typer.Context) -> None:
     """XC conversion MB/s, rows/s streamed per worker, synthetic generation RSS."""

@@ -29,6 +29,15 @@ def test_sharded_softmax_trains_and_evaluates_offline(run_config, xlc_cli, tmp_p
     for key in ("p@1", "p@5", "ndcg@5", "psp@5"):
         assert metrics[key] == pytest.approx(result["metrics"][key], abs=1e-9), key
 
+    # ANN (FAISS HNSW over the reassembled classifier rows) against exact top-k on the whole test split.
+    ann = xlc_cli("bench", "ann", result["run_id"], "--uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--json",
+                  cwd=tmp_path)
+    assert ann.returncode == 0, ann.stderr[-4000:]
+    report = json.loads(ann.stdout.strip().splitlines()[-1])
+    assert report["queries"] == 1000 and report["labels"] == 1918
+    assert report["p@5 exact"] == pytest.approx(result["metrics"]["p@5"], abs=1e-9)
+    assert 0.5 < report["recall@5"] <= 1.0 and report["p@5 ann"] <= report["p@5 exact"] + 0.02
+
 
 def test_tree_head_trains_on_faiss_hierarchy(run_config, xlc_cli, tmp_path):
     config = run_config(head={"name": "tree", "branching": 16, "leaf_size": 32, "beam": 8},

@@ -46,7 +46,8 @@ def checkpoint_of(ref: str, uri: str | None) -> Path:
     return found
 
 
-def evaluate_checkpoint(directory: Path, data_dir: str | None = None) -> dict[str, float]:
+def load_checkpoint(directory: Path, data_dir: str | None = None):
+    """(model, head, cfg, data_dir) rebuilt from a checkpoint on the CPU, in eval mode."""
     state = ckpt.read_state(directory)
     cfg = xconfig.from_dict(state["config"])
     data_dir = data_dir or cfg.data
@@ -61,6 +62,12 @@ def evaluate_checkpoint(directory: Path, data_dir: str | None = None) -> dict[st
     model.load_state_dict(module_state["module"])
     if sharded:
         ckpt.load_head_shard(directory, head)
+    return model.eval(), head.eval(), cfg, data_dir
+
+
+def evaluate_checkpoint(directory: Path, data_dir: str | None = None) -> dict[str, float]:
+    model, head, cfg, data_dir = load_checkpoint(directory, data_dir)
+    meta = xdata.read_meta(data_dir)
     counts = torch.from_numpy(xdata.label_counts(data_dir))
     inv_prop = inv_propensity(counts, meta.num_train, a=cfg.eval.psp_a, b=cfg.eval.psp_b)
     return evaluate(data_dir, meta, model, head, torch.device("cpu"), ks=cfg.eval.k,
