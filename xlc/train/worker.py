@@ -210,7 +210,8 @@ def train_loop(loop_config: dict) -> None:
                     "epoch": epoch, "step": step, "step_in_epoch": step_in_epoch, "world_size": world,
                     "train_seconds": train_seconds, "samples_seen": samples_seen, "config": cfg.to_dict(),
                 }))
-            written += [p for p in ckpt.files_under(directory / "engine")] if (directory / "engine").exists() else []
+            if (directory / "engine").exists():  # DeepSpeed writes model states on rank 0 only at ZeRO-0
+                written += ckpt.files_under(directory / "engine")
             ckpt.write_manifest(directory, rank, sorted(set(written)))
             if dist.is_initialized():
                 dist.barrier()
