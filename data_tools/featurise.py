@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from xlc.data.schema import META_FILE
@@ -41,7 +42,7 @@ class Featuriser:
         self.vectorizer.fit(texts)
         return self
 
-    def transform(self, texts: list[str]) -> "scipy.sparse.csr_matrix":
+    def transform(self, texts: list[str]) -> sp.csr_matrix:
         """CSR [N, num_features], rows L2-normalised, indices sorted within each row."""
         X = self.vectorizer.transform(texts).tocsr()
         X.sort_indices()

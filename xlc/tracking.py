@@ -119,14 +119,8 @@ class RunLogger:
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def text(self, text: str, file_name: str) -> None:
-        self.client.log_text(self.run_id, text, file_name)
-
     def dict(self, value: dict, file_name: str) -> None:
         self.client.log_dict(self.run_id, value, file_name)
-
-    def figure(self, fig, file_name: str) -> None:
-        self.client.log_figure(self.run_id, fig, file_name)
 
 
 def _metric_key(name: str) -> str:
@@ -138,27 +132,6 @@ def metric_name(key: str) -> str:
     return key.replace("_at_", "@")
 
 
-def read_runs(uri: str, experiment: str) -> list[dict[str, Any]]:
-    """Every run of `experiment`: name, id, status, params, tags and the last value of each metric."""
-    c = client(uri)
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    out = []
-    for run in c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=10000):
-        out.append(
-            {
-                "run_id": run.info.run_id,
-                "name": run.info.run_name,
-                "status": run.info.status,
-                "params": dict(run.data.params),
-                "tags": dict(run.data.tags),
-                "metrics": {metric_name(k): v for k, v in run.data.metrics.items()},
-            }
-        )
-    return out
-
-
 __all__ = [
     "RunLogger",
     "end_run",
@@ -167,7 +140,6 @@ __all__ = [
     "flatten",
     "git_commit",
     "metric_name",
-    "read_runs",
     "resolve_uri",
     "start_run",
 ]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.data.conftest import random_rows
-from xlc.data import collate, iter_batches, iter_tables, label_counts, label_names, read_meta, split_files
+from xlc.data import collate, iter_batches, label_counts, label_names, read_meta, split_files
 from xlc.errors import DataError
 
 

@@ -197,6 +197,19 @@ def _label_counts(text: str) -> list[int]:
     return counts
 
 
+def row_printer(table: Callable[[list[dict]], str]) -> Callable[[dict], None]:
+    """Progress callback: each finished row as one table line on stderr."""
+    return lambda row: print(table([row]).splitlines()[-1], file=sys.stderr, flush=True)
+
+
+def print_rows(rows: list[dict], table: Callable[[list[dict]], str], as_json: bool) -> int:
+    """The markdown table on stdout, then the rows as one JSON line when asked; the exit status."""
+    print(table(rows))
+    if as_json:
+        print(json.dumps(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xlc bench heads", description=__doc__.split("\n\n")[0])
     parser.add_argument("--heads", default="softmax,chunked_softmax,bce,rbf", help="comma-separated head names")
@@ -226,12 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         args.k,
         options,
         None if args.memory_cap_gib is None else int(args.memory_cap_gib * 2**30),
-        progress=lambda row: print(format_table([row]).splitlines()[-1], file=sys.stderr, flush=True),
+        progress=row_printer(format_table),
     )
-    print(format_table(rows))
-    if args.json:
-        print(json.dumps(rows))
-    return 0
+    return print_rows(rows, format_table, args.json)
 
 
 if __name__ == "__main__":

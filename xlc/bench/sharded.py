@@ -23,7 +23,6 @@ import json
 import os
 import socket
 import statistics
-import sys
 import time
 import traceback
 
@@ -31,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from xlc.bench.heads import PeakMemory, _label_counts
+from xlc.bench.heads import PeakMemory, _label_counts, print_rows, row_printer
 from xlc.errors import ConfigError
 from xlc.heads import HEADS, build_head
 from xlc.heads._dist import shard_range
@@ -222,12 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--world={args.world!r}: expected comma-separated integers such as 1,2") from None
     rows = run(
         [s for s in args.heads.split(",") if s], _label_counts(args.labels), args.batch, args.dim, worlds,
-        args.repeats, progress=lambda row: print(format_table([row]).splitlines()[-1], file=sys.stderr, flush=True),
+        args.repeats, progress=row_printer(format_table),
     )
-    print(format_table(rows))
-    if args.json:
-        print(json.dumps(rows))
-    return 0
+    return print_rows(rows, format_table, args.json)
 
 
 if __name__ == "__main__":
