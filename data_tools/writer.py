@@ -11,10 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xlc.data.collate import list_parts
-from xlc.data.schema import LABELS, LABELS_FILE, LABELS_SCHEMA, META_FILE, SPLITS, DatasetMeta, row_schema
+from xlc.data.schema import FEAT_IDX, LABELS, LABELS_FILE, LABELS_SCHEMA, META_FILE, SPLITS, TEXT, DatasetMeta, row_schema
 from xlc.errors import ConfigError
 
 ROWS_PER_FILE = 100_000
+# Label and feature ids repeat (power-law frequencies), so dictionary pages shrink them; feature values are
+# mostly distinct floats, where trying a dictionary first costs about a quarter of the write time for little gain.
+_DICTIONARY_COLUMNS = [f"{LABELS}.list.element", f"{FEAT_IDX}.list.element", TEXT]
 
 
 def check_out_dir(out_dir: str | Path, overwrite: bool) -> None:
@@ -88,7 +91,7 @@ class DatasetWriter:
     def _writer(self, split: str) -> pq.ParquetWriter:
         if split not in self._writers:
             path = self.path / split / f"part-{self._files[split]:05d}.parquet"
-            self._writers[split] = pq.ParquetWriter(path, self.schema)
+            self._writers[split] = pq.ParquetWriter(path, self.schema, use_dictionary=_DICTIONARY_COLUMNS)
             self._files[split] += 1
             self._file_rows[split] = 0
         return self._writers[split]

@@ -1,5 +1,7 @@
 """`xlc data stats`: exact numbers on a converted XC file, PNG written; `bench.main` runs end to end."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -29,8 +31,10 @@ def test_stats_numbers_and_png(tmp_path):
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow  # three spawned interpreters importing torch: ~10 s idle, far more on a loaded machine
+@pytest.mark.slow  # four spawned interpreters importing torch, one starting Ray: ~30 s idle, more when loaded
 def test_bench_main_small(tmp_path, capsys):
-    assert bench.main(["--xc-mb", "0.2", "--work-dir", str(tmp_path), "--json"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert '"convert_mb_per_s"' in last and '"stream_rows_per_s"' in last
+    assert bench.main(["--xc-mb", "0.2", "--ray", "--ray-epochs", "2", "--work-dir", str(tmp_path), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = results["stream_rows"]
+    assert rows > 100 and results["convert_mb"] > 0.2
+    assert results["convert_mb_per_s"] > 0 and results["stream_rows_per_s"] > 0 and results["ray_stream_rows_per_s"] > 0

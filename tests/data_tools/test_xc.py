@@ -54,15 +54,31 @@ def test_round_trip_exact(tmp_path, chunk_bytes):
 def test_random_file_matches_python_parse(tmp_path):
     rng = np.random.default_rng(0)
     lines, expected = [], []
-    for _ in range(500):
+    for row in range(500):
         labels = rng.choice(100, rng.integers(0, 4), replace=False).tolist()
         idx = rng.choice(1000, rng.integers(0, 8), replace=False).tolist()
-        val = np.round(rng.random(len(idx)), 4).astype(np.float32).tolist()
+        val = np.round(rng.random(len(idx)), 4)
+        if row >= 250:  # signed values: these chunks take the trimmed parse, the first ones the zero-padded one
+            val *= rng.choice([-1, 1], len(idx))
+        val = val.astype(np.float32).tolist()
         lines.append(",".join(map(str, labels)) + "".join(f" {i}:{v}" for i, v in zip(idx, val)))
         expected.append((labels, idx, val))
     trn, tst = _write(tmp_path, "500 1000 100\n" + "\n".join(lines))  # no final newline
     out = convert_xc(trn, tst, tmp_path / "out", chunk_bytes=4096)
     assert _rows(out, "train") == expected
+
+
+def test_signed_and_exponent_values_parse_exactly(tmp_path):
+    """Numbers starting with a sign take the trimmed parse; exponents and CRLF endings parse on either path."""
+    train = "3 4 3\r\n0 1:-0.5 2:+2 3:1e-3\r\n1,2 0:2.5E2 3:.25\r\n2 1:007\r\n"
+    trn, tst = _write(tmp_path, train, "1 4 3\n0 1:1e-3\n")
+    out = convert_xc(trn, tst, tmp_path / "out")
+    assert _rows(out, "train") == [
+        ([0], [1, 2, 3], [-0.5, 2.0, pytest.approx(1e-3)]),
+        ([1, 2], [0, 3], [250.0, 0.25]),
+        ([2], [1], [7.0]),
+    ]
+    assert _rows(out, "test") == [([0], [1], [pytest.approx(1e-3)])]
 
 
 @pytest.mark.parametrize("train, message", [
@@ -78,6 +94,10 @@ def test_random_file_matches_python_parse(tmp_path):
     ("3 6 5\n1 0:1\n1 2:1\n", r"trn.txt: header says 3 points but the file has 2 lines"),
     ("2 6 5\n1 0:1\n1:3 2:1\n", r"trn.txt, line 3: a ':value' without a feature index"),
     ("2 6 5\n1.5 0:1\n1 2:1\n", r"trn.txt, line 2: label 1.5 out of range"),
+    ("2 6 5\n1 0:1\n1 2:e5\n", r"trn.txt, line 3: 'e5' is not a number"),
+    ("2 6 5\n1 0:1\n1 2:-x\n", r"trn.txt, line 3: '-x' is not a number"),
+    ("2 6 5\n1 0:1 2\n:3\n", r"trn.txt, line 3: a ':value' without a feature index"),
+    ("2 6 5\n1 0:1\r2:1\n1 2:1\n", r"trn.txt, line 2: a number after a carriage return"),
 ])
 def test_malformed_input_names_file_and_line_and_leaves_nothing(tmp_path, train, message):
     trn, tst = _write(tmp_path, train)

@@ -22,6 +22,7 @@ from xlc import tracking
 from xlc.config import RunConfig
 from xlc.errors import XlcError
 from xlc.report import log_run_report
+from xlc.train import stream
 from xlc.train.worker import train_loop
 
 REPORTED = ("p@", "ndcg@", "psp@", "acc", "recall@", "train_seconds", "samples_per_second", "peak_memory_bytes",
@@ -86,10 +87,7 @@ def train(cfg: RunConfig) -> dict:
     logger.dict(cfg.to_dict(), "config.yaml")
 
     ensure_ray(cfg.workers)
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver prints its own progress
-    train_files = xdata.split_files(cfg.data, "train")
-    columns = ["labels", "feat_idx", "feat_val"] if meta.num_features else ["labels", "text"]
-    datasets = {"train": ray.data.read_parquet(train_files, columns=columns)}
+    datasets = {"train": stream.read_train(cfg.data, meta)}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,

@@ -29,6 +29,7 @@ from xlc.heads import build_head
 from xlc.tracking import RunLogger
 from xlc.train import checkpoint as ckpt
 from xlc.train import engine as xengine
+from xlc.train import stream
 
 
 class Model(torch.nn.Module):
@@ -237,10 +238,7 @@ def train_loop(loop_config: dict) -> None:
     while epoch < cfg.train.epochs and step < max_steps:
         engine.train()
         tic, running, n_running = time.perf_counter(), 0.0, 0
-        batches = shard.iter_batches(
-            batch_size=cfg.train.batch_size, batch_format="pyarrow", drop_last=sharded,
-            local_shuffle_buffer_size=cfg.train.batch_size * 8, local_shuffle_seed=cfg.train.seed + epoch,
-        )
+        batches = stream.epoch_batches(shard, cfg.train.batch_size, seed=cfg.train.seed + epoch, drop_last=sharded)
         for i, table in enumerate(batches):
             if i < step_in_epoch:  # resumed mid-epoch: these batches were trained before the stop
                 continue

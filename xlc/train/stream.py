@@ -1,0 +1,39 @@
+"""Ray Data streaming of the train split to the workers: the one definition `xlc train` and `xlc bench data` share.
+
+The driver builds the dataset once (`read_train`); Ray Train splits it per worker (`streaming_split`), and each
+worker pulls Arrow batches per epoch (`epoch_batches`) for `xlc.data.collate`. Nothing is materialised: Ray
+Data reads Parquet blocks as the workers consume them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import ray.data
+
+from xlc import data as xdata
+from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS, TEXT
+
+SHUFFLE_BATCHES = 8  # local shuffle buffer, in batches
+
+
+def read_train(data_dir: str | Path, meta: xdata.DatasetMeta) -> ray.data.Dataset:
+    """The train split as a lazy Ray Dataset of the columns training reads (sparse features, or text)."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the driver prints its own progress
+    # Parquet through Ray Data's V1 datasource: V2 first lists the files in a task of its own, which put over a
+    # second before every epoch's first batch on a 2-core host, against about 0.15 s with V1.
+    context.use_datasource_v2 = False
+    columns = [LABELS, FEAT_IDX, FEAT_VAL] if meta.num_features else [LABELS, TEXT]
+    return ray.data.read_parquet(xdata.split_files(data_dir, "train"), columns=columns)
+
+
+def epoch_batches(shard: ray.data.DataIterator, batch_size: int, *, seed: int, drop_last: bool = False
+                  ) -> Iterator[pa.Table]:
+    """One epoch of a worker's shard as Arrow tables of `batch_size` rows, shuffled within a local buffer."""
+    return shard.iter_batches(
+        batch_size=batch_size, batch_format="pyarrow", drop_last=drop_last,
+        local_shuffle_buffer_size=batch_size * SHUFFLE_BATCHES, local_shuffle_seed=seed,
+    )
