@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xlc.data.collate import list_parts
-from xlc.data.schema import FEAT_IDX, LABELS, LABELS_FILE, LABELS_SCHEMA, META_FILE, SPLITS, TEXT, DatasetMeta, row_schema
+from xlc.data.schema import (FEAT_IDX, LABELS, LABELS_FILE, LABELS_SCHEMA, META_FILE, SPLITS, TEXT, DatasetMeta,
+                             row_schema)
 from xlc.errors import ConfigError
 
 ROWS_PER_FILE = 100_000

@@ -144,7 +144,8 @@ class _Chunk:
                 try:
                     float(buf[s:e])
                 except ValueError:
-                    raise DataError(f"{self.where(s)}: {buf[s:e][:40].decode(errors='replace')!r} is not a number") from None
+                    token = buf[s:e][:40].decode(errors="replace")
+                    raise DataError(f"{self.where(s)}: {token!r} is not a number") from None
             raise DataError(f"{self.where(int(starts[0]))}: could not parse the numbers of this chunk") from None
 
     def _check_separators(self, buf: bytes, b: np.ndarray, number: np.ndarray, kind: np.ndarray) -> None:
@@ -164,10 +165,12 @@ class _Chunk:
         """A value must directly follow a feature index (`f:v`); a number may not follow a stray '\\r'."""
         stray = np.flatnonzero(kind < 0)
         if len(stray):
-            raise DataError(f"{self.where(int(self.starts[stray[0]]))}: a number after a carriage return inside the line")
+            raise DataError(f"{self.where(int(self.starts[stray[0]]))}: a number after a carriage return inside "
+                            "the line")
         value_pos = np.flatnonzero(kind == VALUE)
         # (indices wrap at position 0; that case is caught by `value_pos == 0` itself)
-        orphan = value_pos[(value_pos == 0) | (kind[value_pos - 1] != INDEX) | (number[self.starts[value_pos] - 2] == 0)]
+        after_index = (kind[value_pos - 1] == INDEX) & (number[self.starts[value_pos] - 2] == 1)  # 'f:v', no gap
+        orphan = value_pos[(value_pos == 0) | ~after_index]
         if len(orphan):
             raise DataError(f"{self.where(int(self.starts[orphan[0]]))}: a ':value' without a feature index before it")
 
