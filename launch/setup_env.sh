@@ -9,4 +9,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 export DS_BUILD_OPS=0 PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,text]"

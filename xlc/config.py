@@ -207,11 +207,17 @@ def _check_values(cfg: RunConfig, errors: list[str]) -> None:
 
 def _check_components(cfg: RunConfig, errors: list[str]) -> None:
     """Names of the backbone and head, and head options against the constructor signature."""
-    from xlc.backbones import BACKBONES
+    from xlc.backbones import BACKBONES, backbone_options
     from xlc.heads import HEADS, head_options
 
     if cfg.backbone.name not in BACKBONES:
         errors.append(f"backbone.name={cfg.backbone.name!r}: expected one of {', '.join(sorted(BACKBONES))}")
+    else:
+        allowed = backbone_options(cfg.backbone.name)
+        for opt in cfg.backbone.options:
+            if opt not in allowed:
+                errors.append(f"backbone.options.{opt}: not an option of backbone {cfg.backbone.name!r}; "
+                              f"valid options: {', '.join(allowed) or '(none)'}")
     if cfg.head.name not in HEADS:
         errors.append(f"head.name={cfg.head.name!r}: expected one of {', '.join(sorted(HEADS))}")
         return

@@ -154,7 +154,9 @@ def test_example_run_configs_cover_the_main_comparisons():
     heads = {name: _yaml(CONFIGS / "examples" / name)["head"]["name"] for name in EXAMPLES}
     synthetic = {h for n, h in heads.items() if n.startswith("synthetic-1m-")}
     assert synthetic == {"sharded_softmax", "mhp", "mhc_sharded"}
-    assert {h for n, h in heads.items() if n.startswith("icd10cm-")} == {"mhp", "softmax", "chunked_softmax"}
+    assert {h for n, h in heads.items() if n.startswith("icd10cm-")} == {"mhp", "mhs", "softmax", "chunked_softmax"}
+    backbones = {_yaml(CONFIGS / "examples" / name)["backbone"]["name"] for name in EXAMPLES}
+    assert backbones == {"mlp", "xmlcnn", "minilm"}
     assert {h for n, h in heads.items() if n.startswith("debian-depends-")} == {"bce", "mhc", "sharded_bce"}
     assert any(n.startswith("wordnet-hypernym-") for n in heads) and any(n.startswith("go-mfo-") for n in heads)
 

@@ -12,6 +12,8 @@ from torch import nn
 
 
 class SparseMLP(nn.Module):
+    INPUT = "sparse"
+
     def __init__(self, num_features: int, hidden: list[int], dropout: float = 0.2):
         super().__init__()
         if not hidden:

@@ -52,7 +52,8 @@ def load_checkpoint(directory: Path, data_dir: str | None = None):
     cfg = xconfig.from_dict(state["config"])
     data_dir = data_dir or cfg.data
     meta = xdata.read_meta(data_dir)
-    backbone = build_backbone(cfg.backbone.name, num_features=meta.num_features, hidden=cfg.backbone.hidden,
+    backbone = build_backbone(cfg.backbone.name, num_features=meta.num_features, text=meta.text,
+                              hidden=cfg.backbone.hidden,
                               dropout=cfg.backbone.dropout, **cfg.backbone.options)
     extras = ckpt.load_head_extras(directory)
     head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **cfg.head.options, **extras)

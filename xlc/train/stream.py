@@ -14,19 +14,20 @@ import pyarrow as pa
 import ray.data
 
 from xlc import data as xdata
+from xlc.backbones import backbone_input
 from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS, TEXT
 
 SHUFFLE_BATCHES = 8  # local shuffle buffer, in batches
 
 
-def read_train(data_dir: str | Path, meta: xdata.DatasetMeta) -> ray.data.Dataset:
-    """The train split as a lazy Ray Dataset of the columns training reads (sparse features, or text)."""
+def read_train(data_dir: str | Path, meta: xdata.DatasetMeta, backbone: str = "mlp") -> ray.data.Dataset:
+    """The train split as a lazy Ray Dataset of the columns `backbone` reads (sparse features, or text)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver prints its own progress
     # Parquet through Ray Data's V1 datasource: V2 first lists the files in a task of its own, which put over a
     # second before every epoch's first batch on a 2-core host, against about 0.15 s with V1.
     context.use_datasource_v2 = False
-    columns = [LABELS, FEAT_IDX, FEAT_VAL] if meta.num_features else [LABELS, TEXT]
+    columns = [LABELS, FEAT_IDX, FEAT_VAL] if backbone_input(backbone) == "sparse" else [LABELS, TEXT]
     return ray.data.read_parquet(xdata.split_files(data_dir, "train"), columns=columns)
 
 

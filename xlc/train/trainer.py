@@ -19,6 +19,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from xlc import data as xdata
 from xlc import tracking
+from xlc.backbones import check_dataset
 from xlc.config import RunConfig
 from xlc.errors import XlcError
 from xlc.report import log_run_report
@@ -78,6 +79,7 @@ def train(cfg: RunConfig) -> dict:
         cfg, data=str(Path(cfg.data).resolve()), deepspeed=cfg.deepspeed and str(Path(cfg.deepspeed).resolve())
     )
     meta = xdata.read_meta(cfg.data)  # fail fast, before Ray starts, on a bad dataset directory
+    check_dataset(cfg.backbone.name, num_features=meta.num_features, text=meta.text)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(cfg.workers), "git_commit": tracking.git_commit()}
     run_id, resumed = tracking.start_run(
@@ -87,7 +89,7 @@ def train(cfg: RunConfig) -> dict:
     logger.dict(cfg.to_dict(), "config.yaml")
 
     ensure_ray(cfg.workers)
-    datasets = {"train": stream.read_train(cfg.data, meta)}
+    datasets = {"train": stream.read_train(cfg.data, meta, cfg.backbone.name)}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,

@@ -151,7 +151,7 @@ def train_loop(loop_config: dict) -> None:
     # ---- model: backbone + head; sharded heads stay outside the engine
     meta = xdata.read_meta(cfg.data)
     backbone = build_backbone(
-        cfg.backbone.name, num_features=meta.num_features, hidden=cfg.backbone.hidden,
+        cfg.backbone.name, num_features=meta.num_features, text=meta.text, hidden=cfg.backbone.hidden,
         dropout=cfg.backbone.dropout, **cfg.backbone.options,
     )
     extras = loop_config.get("head_extras") or {}
