@@ -1,4 +1,4 @@
-"""`xlc data ...` commands: convert, build, stats. User errors raise `DataError`/`ConfigError`; the top-level
+"""`xlc data ...` commands: convert, build, embed, stats. User errors raise `DataError`/`ConfigError`; the top-level
 `xlc` CLI turns them into one line and exit status 2 (here, `python -m data_tools.cli` does the same)."""
 
 from __future__ import annotations
@@ -40,6 +40,18 @@ def convert(train: Path = typer.Argument(..., help="XC-format train file"),
         raise ConfigError(f"--format={format!r}: expected one of xc")
     path = convert_xc(train, test, out_dir, name=name or out_dir.name, overwrite=overwrite)
     _print_summary(path)
+
+
+@app.command()
+def embed(src: Path = typer.Argument(..., help="dataset directory with a text column"),
+          out_dir: Path = typer.Argument(..., help="dataset directory to create"),
+          batch_size: int = typer.Option(2048, help="rows read (and length-sorted for encoding) at a time"),
+          max_length: int = typer.Option(128, help="word pieces kept per text"),
+          overwrite: bool = typer.Option(False, help="replace OUT_DIR if it exists")) -> None:
+    """Copy SRC with MiniLM sentence embeddings of its text as the features (packaged model, offline)."""
+    from data_tools.embed import embed_dataset
+
+    _print_summary(embed_dataset(src, out_dir, batch_size=batch_size, max_length=max_length, overwrite=overwrite))
 
 
 @app.command()
