@@ -38,7 +38,9 @@ class MiniLMEncoder(nn.Module):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local_files_only already forbids fetching
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # a bar per worker for loading 22M local weights is noise
         path = model_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.encoder = AutoModel.from_pretrained(path, local_files_only=True)
