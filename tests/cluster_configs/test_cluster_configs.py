@@ -173,6 +173,12 @@ def test_compare_config_methods_load(name):
     assert [m for m, *_ in methods] == [m["name"] for m in spec["methods"]]
     assert len({m for m, *_ in methods}) == len(methods) >= 2
     assert all(cfg.name == f"{compare_name}-{m}" and cfg.tracking.experiment == experiment for m, cfg, _ in methods)
-    assert len({cfg.head.name for _, cfg, _ in methods}) >= 3
-    # A section override replaces the head: no base head option leaks into another head.
-    assert {m: cfg.head.options for m, cfg, _ in methods}["mhp-3"] == {"num_heads": 3}
+    varied = {(cfg.data, cfg.backbone.name, cfg.head.name, repr(cfg.head.options), bool(b)) for _, cfg, b in methods}
+    assert len(varied) == len(methods), "every method changes the data, backbone, head or baseline"
+    if name == "compare-icd10cm.yaml":
+        assert len({cfg.head.name for _, cfg, _ in methods}) >= 3
+        # A section override replaces the head: no base head option leaks into another head.
+        assert {m: cfg.head.options for m, cfg, _ in methods}["mhp-3"] == {"num_heads": 3}
+    if name == "compare-icd10cm-backbones.yaml":
+        assert {cfg.backbone.name for _, cfg, _ in methods} == {"mlp", "xmlcnn"}
+        assert {cfg.data for _, cfg, _ in methods} == {"data/icd10cm", "data/icd10cm-minilm"}
