@@ -92,7 +92,7 @@ def bench_ray_stream(directory: str, batch_size: int, epochs: int) -> dict:
     meta = read_meta(directory)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        shard = stream.read_train(directory, meta).streaming_split(1, equal=True)[0]
+        shard = stream.read_train(directory).streaming_split(1, equal=True)[0]
         rates, first_batch = [], 0.0
         for epoch in range(epochs):
             rows, start = 0, time.perf_counter()

@@ -20,7 +20,7 @@ from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS, TEXT
 SHUFFLE_BATCHES = 8  # local shuffle buffer, in batches
 
 
-def read_train(data_dir: str | Path, meta: xdata.DatasetMeta, backbone: str = "mlp") -> ray.data.Dataset:
+def read_train(data_dir: str | Path, backbone: str = "mlp") -> ray.data.Dataset:
     """The train split as a lazy Ray Dataset of the columns `backbone` reads (sparse features, or text)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver prints its own progress

@@ -89,7 +89,7 @@ def train(cfg: RunConfig) -> dict:
     logger.dict(cfg.to_dict(), "config.yaml")
 
     ensure_ray(cfg.workers)
-    datasets = {"train": stream.read_train(cfg.data, meta, cfg.backbone.name)}
+    datasets = {"train": stream.read_train(cfg.data, cfg.backbone.name)}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
