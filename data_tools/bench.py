@@ -52,7 +52,7 @@ def make_xc_pair(work: str, mb: float) -> dict:
 
 
 def bench_convert(work: str) -> dict:
-    importlib.import_module("pandas")  # pyarrow imports it on first use: a one-time 0.2 s that is not throughput
+    importlib.import_module("pandas")  # pyarrow imports it on first use: a one-time cost, not throughput
 
     from data_tools.xc import convert_xc
 

@@ -29,8 +29,8 @@ ENCODE_BATCH = 64  # texts per encoder call, taken in length order so little of 
 
 
 def embed_sorted(encoder: MiniLMEncoder, texts: list[str]) -> np.ndarray:
-    """Unit MiniLM embeddings [N, 384] float32, encoded in batches of similar length (2x faster than in
-    row order on short, varied texts), returned in the order of `texts`."""
+    """Unit MiniLM embeddings [N, 384] float32, encoded in batches of similar length (each call pads to its
+    longest text, so row order would pad short texts to long ones), returned in the order of `texts`."""
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), DIM), dtype=np.float32)
     for start in range(0, len(texts), ENCODE_BATCH):
