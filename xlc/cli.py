@@ -1,4 +1,4 @@
-"""`xlc` commands. User errors (`XlcError`) become one line on stderr and exit status 2, never a traceback."""
+"""`xlc` commands. User errors (`XlcError`) become one line per problem on stderr and exit status 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except XlcError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # one line per problem (a config reports every field at once)
+            print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))

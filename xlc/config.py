@@ -239,7 +239,7 @@ def from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConf
         _check_values(cfg, errors)
         _check_components(cfg, errors)
     if errors:
-        raise ConfigError("; ".join(errors))
+        raise ConfigError("\n".join(errors))  # one line per field
     return cfg
 
 

@@ -38,13 +38,16 @@ class MiniLMEncoder(nn.Module):
     def __init__(self, hidden: list[int], dropout: float = 0.1, *, max_length: int = 64, freeze: bool = False):
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: local_files_only already forbids fetching
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # a bar per worker for loading 22M local weights is noise
         path = model_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.encoder = AutoModel.from_pretrained(path, local_files_only=True)
+        if torch.empty(0).device.type == "meta":  # a dry build (shapes only, no weights read) to check a config
+            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+        else:
+            self.encoder = AutoModel.from_pretrained(path, local_files_only=True)
         self.max_length = max_length
         self.freeze = freeze
         self.encoder.requires_grad_(not freeze)

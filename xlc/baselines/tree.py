@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 
 from xlc.errors import ConfigError, DataError
-from xlc.heads.tree import LabelHierarchy, recursive_hierarchy, tree_depth
+from xlc.heads.tree import LabelHierarchy, clustered_hierarchy
 
 KMEANS_ITERS = 20  # PECOS kmeans_max_iter
 BALANCE_ROUNDS = 3  # balanced assignment <-> centroid refits after FAISS k-means
@@ -132,17 +132,13 @@ def build_hierarchy(features, labels, num_labels: int, branching: int = 16, leaf
     k-means clusters per node, to depth `tree_depth(num_labels, branching, leaf_size)` (at most about
     `leaf_size` labels per leaf). `features`: scipy CSR / dense [N, D] / (indices, values, offsets);
     `labels`: [N] or padded [N, M] (-1 = none), a list of label lists, or a CSR label matrix [N, L]."""
-    if branching < 2 or leaf_size < 1:
-        raise ConfigError(f"branching={branching}, leaf_size={leaf_size}: expected branching >= 2, leaf_size >= 1")
-    emb = pifa(features, labels, num_labels, max_dim=max_dim, seed=seed)
-    depth = tree_depth(num_labels, branching, leaf_size)
-    calls = iter(range(1 << 62))  # a distinct seed per node keeps the result independent of FAISS threading
-
-    def split(ids: torch.Tensor, k: int) -> list[torch.Tensor]:
-        assign = spherical_split(emb[ids.numpy()], k, seed * 1_000_003 + next(calls))
-        return [ids[torch.from_numpy(np.nonzero(assign == c)[0])] for c in range(k)]
-
-    return recursive_hierarchy(num_labels, depth, branching, split)
+    emb = torch.from_numpy(pifa(features, labels, num_labels, max_dim=max_dim, seed=seed))
+    return clustered_hierarchy(emb, branching, leaf_size, seed, cluster_unit_rows)
 
 
-__all__ = ["as_csr", "count_sketch", "balanced_assign", "build_hierarchy", "label_matrix", "pifa", "spherical_split"]
+def cluster_unit_rows(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """`spherical_split` on tensors: ids [n] of a balanced spherical k-means of unit rows [n, d] into k parts."""
+    return torch.from_numpy(spherical_split(points.numpy(), k, seed)).long()
+
+
+__all__ = ["as_csr", "count_sketch", "balanced_assign", "build_hierarchy", "cluster_unit_rows", "label_matrix", "pifa", "spherical_split"]

@@ -74,6 +74,11 @@ class MHCShardedHead(nn.Module):
 
     label_sharded = ("table",)  # state_dict entries whose dim 0 is [label_start, label_end)
 
+    @property
+    def process_group(self):
+        """The group the label range is split over (None on a single process)."""
+        return self.shard.group
+
     def __init__(
         self,
         num_labels: int,

@@ -141,6 +141,11 @@ class ShardedSoftmaxHead(nn.Module):
 
     label_sharded = ("weight", "bias")  # state_dict entries whose dim 0 is [label_start, label_end)
 
+    @property
+    def process_group(self):
+        """The group the label range is split over (None on a single process)."""
+        return self.shard.group
+
     def __init__(
         self,
         num_labels: int,
@@ -214,6 +219,11 @@ class ShardedBCEHead(nn.Module):
     """
 
     label_sharded = ("weight", "bias")  # state_dict entries whose dim 0 is [label_start, label_end)
+
+    @property
+    def process_group(self):
+        """The group the label range is split over (None on a single process)."""
+        return self.shard.group
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from torch import nn
 
 from xlc.errors import ConfigError
 from xlc.heads._chunked import unique_targets, validate_targets
+from xlc.heads.training_split import TrainingSplit
 
 NEGATIVES = ("tfn", "man", "tfn+man")
 # Rows of candidate weights gathered at once in `topk` ([rows, K, d] floats), about 64 MiB in fp32.
@@ -63,6 +64,22 @@ def contiguous_hierarchy(num_labels: int, branching: int = 16, leaf_size: int = 
     return recursive_hierarchy(num_labels, depth, branching, lambda ids, k: list(torch.tensor_split(ids, k)))
 
 
+def clustered_hierarchy(embeddings: torch.Tensor, branching: int, leaf_size: int, seed: int,
+                        cluster: Callable[[torch.Tensor, int, int], torch.Tensor]) -> LabelHierarchy:
+    """Split label embeddings [L, D] recursively into `branching` clusters per node, to depth
+    `tree_depth(L, branching, leaf_size)`; `cluster(points, k, seed)` -> ids [n] in [0, k), every part non-empty."""
+    if branching < 2 or leaf_size < 1:
+        raise ConfigError(f"branching={branching}, leaf_size={leaf_size}: expected branching >= 2, leaf_size >= 1")
+    num_labels = len(embeddings)
+    calls = iter(range(1 << 62))  # a distinct seed per node keeps the result independent of threading
+
+    def split(ids: torch.Tensor, k: int) -> list[torch.Tensor]:
+        assign = cluster(embeddings[ids], k, seed * 1_000_003 + next(calls))  # [n]
+        return [ids[assign == c] for c in range(k)]
+
+    return recursive_hierarchy(num_labels, tree_depth(num_labels, branching, leaf_size), branching, split)
+
+
 def _children_table(parent: torch.Tensor, num_parents: int) -> torch.Tensor:
     """[num_parents, max_fanout] child ids of each parent, padded with -1."""
     order = torch.argsort(parent, stable=True)  # children grouped by parent
@@ -83,16 +100,20 @@ class TreeHead(nn.Module):
     the beam holds every node of each level, approximate otherwise. Not sharded; d * (L + #clusters) weights.
     """
 
-    def __init__(self, num_labels: int, in_dim: int, *, hierarchy: LabelHierarchy | None = None, beam: int = 10,
-                 negatives: str = "tfn+man", branching: int = 16, leaf_size: int = 100):
+    def __init__(self, num_labels: int, in_dim: int, *, hierarchy: LabelHierarchy | dict | None = None,
+                 beam: int = 10, negatives: str = "tfn+man", branching: int = 16, leaf_size: int = 100):
         super().__init__()
+        if isinstance(hierarchy, dict):  # as returned by `fit_inputs` and stored with checkpoints
+            hierarchy = LabelHierarchy(**hierarchy)
         if negatives not in NEGATIVES:
             raise ConfigError(f"head.negatives={negatives!r}: expected one of {', '.join(NEGATIVES)}")
         if beam < 1:
             raise ConfigError(f"head.beam={beam}: expected a positive integer")
-        if hierarchy is None:
-            hierarchy = contiguous_hierarchy(num_labels, branching, leaf_size)
-        ups = _validate(hierarchy, num_labels)
+        with torch.device("cpu"):  # index bookkeeping, also when the weights are built on the meta device
+            if hierarchy is None:
+                hierarchy = contiguous_hierarchy(num_labels, branching, leaf_size)
+            ups = _validate(hierarchy, num_labels)
+            children = [None] + [_children_table(ups[t], len(ups[t - 1])) for t in range(1, len(ups))]
         self.num_labels, self.in_dim, self.beam, self.negatives = num_labels, in_dim, beam, negatives
         sizes = [len(u) for u in ups]  # nodes per level; the last level is the labels
         self.weights = nn.ParameterList(nn.Parameter(torch.randn(n, in_dim) * in_dim**-0.5 * 0.1) for n in sizes)
@@ -100,7 +121,16 @@ class TreeHead(nn.Module):
         for t, up in enumerate(ups):  # buffers, so the tree travels in the state_dict
             self.register_buffer(f"up_{t}", up)
             if t:
-                self.register_buffer(f"children_{t}", _children_table(up, sizes[t - 1]))
+                self.register_buffer(f"children_{t}", children[t])
+
+    @classmethod
+    def fit_inputs(cls, training: TrainingSplit, options: dict) -> dict:
+        """The PECOS tree: label embeddings (PIFA) clustered recursively (balanced spherical k-means)."""
+        if options.get("hierarchy") is not None:
+            return {}
+        h = clustered_hierarchy(training.label_embeddings(), options.get("branching", 16),
+                                options.get("leaf_size", 100), training.seed, training.cluster)
+        return {"hierarchy": {"parents": h.parents, "label_to_leaf": h.label_to_leaf}}
 
     @property
     def depth(self) -> int:

@@ -3,9 +3,10 @@
 Layout of one checkpoint directory (each rank writes its own files; Ray merges them):
     engine/                 DeepSpeed `save_checkpoint` (backbone + replicated head + optimiser)
     head_shard_{r}.pt       label-sharded head of rank r: {label_start, label_end, tensors, moments, rest}
-    state.json              epoch, step, world size (rank 0)
+    head_inputs.pt          a fitted head's constructor inputs (rank 0; `xlc.heads.FittedHead`)
+    state.json              `Progress`, world size, the run config (rank 0)
     manifest_{r}.json       sha256 + size of every file rank r wrote
-A label-sharded head names its label-dimension state entries in `label_sharded`; on load the rows of
+A `xlc.heads.ShardedHead` names its label-dimension state entries in `label_sharded`; on load the rows of
 the new range [start, end) are cut from whichever saved shards cover them, so a run saved on 2
 workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True`.
 """
@@ -22,9 +23,25 @@ from pathlib import Path
 import torch
 
 from xlc.errors import DataError
-from xlc.heads.tree import LabelHierarchy
+from xlc.heads import ShardedHead
 
 STATE_FILE = "state.json"
+HEAD_INPUTS_FILE = "head_inputs.pt"
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands: saved in state.json with every checkpoint, restored on resume."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    step_in_epoch: int = 0  # batches of the current epoch already trained
+    train_seconds: float = 0.0  # time in training steps (evaluation and checkpoints excluded)
+    samples_seen: int = 0  # over all ranks
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Progress":
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
 
 def _sha256(path: Path) -> str:
@@ -91,20 +108,16 @@ def read_state(directory: str | Path) -> dict:
     return json.loads((Path(directory) / STATE_FILE).read_text())
 
 
-def save_head_extras(directory: Path, extras: dict) -> Path:
-    """Constructor inputs of the head derived from data (the `tree` head's label hierarchy), as plain tensors."""
-    assert set(extras) == {"hierarchy"}, f"unexpected head extras {sorted(extras)}"
-    path = directory / "head_extras.pt"
-    _atomic_torch_save({"hierarchy": dataclasses.asdict(extras["hierarchy"])}, path)
+def save_head_inputs(directory: Path, inputs: dict) -> Path:
+    """A fitted head's constructor inputs (`xlc.heads.FittedHead`): nested dicts/lists of tensors."""
+    path = directory / HEAD_INPUTS_FILE
+    _atomic_torch_save(inputs, path)
     return path
 
 
-def load_head_extras(directory: str | Path) -> dict:
-    path = Path(directory) / "head_extras.pt"
-    if not path.is_file():
-        return {}
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    return {"hierarchy": LabelHierarchy(**saved["hierarchy"])}
+def load_head_inputs(directory: str | Path) -> dict:
+    path = Path(directory) / HEAD_INPUTS_FILE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
 
 
 def latest_valid(candidate: str | Path) -> Path | None:
@@ -124,11 +137,11 @@ def latest_valid(candidate: str | Path) -> Path | None:
 
 # ---------------------------------------------------------------- label-sharded heads
 
-def _named_moments(head: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
+def _named_moments(head: ShardedHead, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
     return {name: dict(optimizer.state[p]) for name, p in head.named_parameters() if p in optimizer.state}
 
 
-def save_head_shard(directory: Path, head: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> Path:
+def save_head_shard(directory: Path, head: ShardedHead, optimizer: torch.optim.Optimizer, rank: int) -> Path:
     """Write rank `rank`'s head shard with its global label range, its tensors and its Adam moments."""
     state = {k: v.detach().cpu() for k, v in head.state_dict().items()}
     sharded = set(head.label_sharded)
@@ -163,7 +176,7 @@ def _cut(shards: list[dict], pick, start: int, end: int) -> torch.Tensor | None:
     return out
 
 
-def load_head_shard(directory: str | Path, head: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+def load_head_shard(directory: str | Path, head: ShardedHead, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Load rows [head.label_start, head.label_end) from every saved shard (any saved world size), and the
     matching Adam moments into `optimizer` when given."""
     paths = sorted(Path(directory).glob("head_shard_*.pt"))

@@ -13,12 +13,12 @@ import torch
 from xlc import config as xconfig
 from xlc import data as xdata
 from xlc import tracking
-from xlc.backbones import build_backbone
 from xlc.errors import ConfigError
 from xlc.eval.metrics import inv_propensity
-from xlc.heads import build_head
+from xlc.heads import ShardedHead
 from xlc.train import checkpoint as ckpt
-from xlc.train.worker import Model, evaluate, is_sharded
+from xlc.train.evaluation import evaluate
+from xlc.train.model import build_model
 
 
 def checkpoint_of(ref: str, uri: str | None) -> Path:
@@ -51,17 +51,10 @@ def load_checkpoint(directory: Path, data_dir: str | None = None):
     state = ckpt.read_state(directory)
     cfg = xconfig.from_dict(state["config"])
     data_dir = data_dir or cfg.data
-    meta = xdata.read_meta(data_dir)
-    backbone = build_backbone(cfg.backbone.name, num_features=meta.num_features, text=meta.text,
-                              hidden=cfg.backbone.hidden,
-                              dropout=cfg.backbone.dropout, **cfg.backbone.options)
-    extras = ckpt.load_head_extras(directory)
-    head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **cfg.head.options, **extras)
-    sharded = is_sharded(head)
-    model = Model(backbone, None if sharded else head)
+    model, head = build_model(cfg, xdata.read_meta(data_dir), ckpt.load_head_inputs(directory))
     module_state = torch.load(directory / "engine" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(module_state["module"])
-    if sharded:
+    if isinstance(head, ShardedHead):
         ckpt.load_head_shard(directory, head)
     return model.eval(), head.eval(), cfg, data_dir
 

@@ -10,8 +10,6 @@ import dataclasses
 import os
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import ray
 import ray.train
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
@@ -19,11 +17,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from xlc import data as xdata
 from xlc import tracking
-from xlc.backbones import check_dataset
+from xlc.baselines.label_space import training_split
 from xlc.config import RunConfig
 from xlc.errors import XlcError
+from xlc.heads import fit_head_inputs
 from xlc.report import log_run_report
 from xlc.train import stream
+from xlc.train.model import check_model
 from xlc.train.worker import train_loop
 
 REPORTED = ("p@", "ndcg@", "psp@", "acc", "recall@", "train_seconds", "samples_per_second", "peak_memory_bytes",
@@ -58,18 +58,9 @@ def ensure_ray(num_workers: int) -> None:
     )
 
 
-def head_extras(cfg: RunConfig, meta) -> dict:
-    """Constructor inputs a head needs from the training data: the PECOS label tree for `tree`."""
-    if cfg.head.name != "tree" or "hierarchy" in cfg.head.options:
-        return {}
-    from xlc.baselines.tree import build_hierarchy
-
-    tables = list(xdata.iter_tables(cfg.data, "train", 65536))  # PIFA needs every training row once
-    batch = xdata.collate(pa.concat_tables(tables), meta.multi_label)
-    offsets = np.append(batch.feat_offsets.numpy(), len(batch.feat_idx))  # [N+1] CSR row pointers
-    features = (batch.feat_idx.numpy(), batch.feat_val.numpy(), offsets)
-    options = {k: cfg.head.options[k] for k in ("branching", "leaf_size") if k in cfg.head.options}
-    return {"hierarchy": build_hierarchy(features, batch.targets, meta.num_labels, seed=cfg.train.seed, **options)}
+def fit_inputs(cfg: RunConfig) -> dict:
+    """A fitted head's constructor inputs from the training split ({} for every other head)."""
+    return fit_head_inputs(cfg.head.name, training_split(cfg.data, cfg.train.seed), cfg.head.options)
 
 
 def train(cfg: RunConfig) -> dict:
@@ -78,8 +69,8 @@ def train(cfg: RunConfig) -> dict:
     cfg = dataclasses.replace(
         cfg, data=str(Path(cfg.data).resolve()), deepspeed=cfg.deepspeed and str(Path(cfg.deepspeed).resolve())
     )
-    meta = xdata.read_meta(cfg.data)  # fail fast, before Ray starts, on a bad dataset directory
-    check_dataset(cfg.backbone.name, num_features=meta.num_features, text=meta.text)
+    meta = xdata.read_meta(cfg.data)  # fail fast, before Ray or MLflow start, on a bad dataset or option value
+    check_model(cfg, meta)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(cfg.workers), "git_commit": tracking.git_commit()}
     run_id, resumed = tracking.start_run(
@@ -93,7 +84,7 @@ def train(cfg: RunConfig) -> dict:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
-                           "head_extras": head_extras(cfg, meta)},
+                           "head_inputs": fit_inputs(cfg)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         datasets=datasets,

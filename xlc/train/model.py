@@ -1,0 +1,72 @@
+"""Model assembly, free of Ray: the backbone and head a run config describes, and their check before a run.
+
+A head satisfying `xlc.heads.ShardedHead` stays outside `Model` (and so outside DeepSpeed's data-parallel
+averaging); any other head is part of it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xlc.backbones import build_backbone
+from xlc.config import RunConfig
+from xlc.data.schema import DatasetMeta
+from xlc.errors import ConfigError
+from xlc.heads import ShardedHead, build_head
+
+
+class Model(torch.nn.Module):
+    """The data-parallel part: the backbone, plus the head when it is replicated (not label-sharded).
+
+    `forward` returns the backbone's features [B, d] and the head is applied by the caller: the head's
+    `loss`/`topk` take features, and a sharded head must see the same calls on every rank.
+    """
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module | None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, batch) -> torch.Tensor:
+        return self.backbone(batch)  # [B, d]
+
+
+def build_model(cfg: RunConfig, meta: DatasetMeta, head_inputs: dict | None = None
+                ) -> tuple[Model, torch.nn.Module]:
+    """(model, head) for `cfg` on `meta`'s dataset; `head_inputs` are a fitted head's constructor inputs."""
+    backbone = build_backbone(
+        cfg.backbone.name, num_features=meta.num_features, text=meta.text, hidden=cfg.backbone.hidden,
+        dropout=cfg.backbone.dropout, **cfg.backbone.options,
+    )
+    head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **cfg.head.options, **(head_inputs or {}))
+    return Model(backbone, None if isinstance(head, ShardedHead) else head), head
+
+
+def check_model(cfg: RunConfig, meta: DatasetMeta) -> None:
+    """Build the backbone and head on the meta device (no memory, no data), so that every bad option value
+    is reported at once, one line per component, before Ray or MLflow start."""
+    errors = []
+    in_dim = cfg.backbone.hidden[-1] if cfg.backbone.hidden else None
+    with torch.device("meta"):
+        try:
+            in_dim = build_backbone(
+                cfg.backbone.name, num_features=meta.num_features, text=meta.text, hidden=cfg.backbone.hidden,
+                dropout=cfg.backbone.dropout, **cfg.backbone.options,
+            ).out_dim
+        except ConfigError as e:
+            errors.append(str(e))
+        except (TypeError, ValueError, RuntimeError) as e:
+            errors.append(f"backbone {cfg.backbone.name!r} with options {cfg.backbone.options}: {e}")
+        if in_dim is not None:
+            try:
+                build_head(cfg.head.name, meta.num_labels, in_dim, **cfg.head.options)
+            except ConfigError as e:
+                errors.append(str(e))
+            except (TypeError, ValueError, RuntimeError) as e:
+                errors.append(f"head {cfg.head.name!r} with options {cfg.head.options}: {e}")
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
