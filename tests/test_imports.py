@@ -1,8 +1,11 @@
 """Dependency direction (design.md §2): heads, backbones, eval and data never import Ray, DeepSpeed,
-MLflow or the training package; baselines never import training either."""
+MLflow or the training package; baselines never import training either. Within heads, only `_dist.py`
+touches torch.distributed."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +29,39 @@ def test_package_imports_stay_light(package, forbidden):
             f"print(sorted(m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in {forbidden!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"{package} pulls in {out.strip()}"
+
+
+def _uses_torch_distributed(tree: ast.AST) -> bool:
+    """`import torch.distributed[.x] [as y]`, `from torch.distributed[.x] import ...`, `from torch import
+    distributed` or an attribute `torch.distributed` after a plain `import torch`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            names = [f"{node.value.id}.{node.attr}"]
+        else:
+            continue
+        if any(name == "torch.distributed" or name.startswith("torch.distributed.") for name in names):
+            return True
+    return False
+
+
+def test_only_heads_dist_uses_torch_distributed():
+    """Collectives of the heads live in `xlc/heads/_dist.py` alone (style.md, principle 3)."""
+    heads = Path(__file__).resolve().parents[1] / "xlc" / "heads"
+    offenders = sorted(
+        str(path.relative_to(heads))
+        for path in heads.rglob("*.py")
+        if path.name != "_dist.py" and _uses_torch_distributed(ast.parse(path.read_text(), str(path)))
+    )
+    assert offenders == [], f"xlc/heads modules other than _dist.py use torch.distributed: {offenders}"
+    caught = [
+        "import torch.distributed as dist",
+        "from torch import distributed",
+        "from torch.distributed import ReduceOp",
+        "import torch\ntorch.distributed.all_reduce(t)",
+    ]
+    assert all(_uses_torch_distributed(ast.parse(code)) for code in caught)
+    assert not _uses_torch_distributed(ast.parse("import torch\nfrom torch import nn"))

@@ -14,10 +14,14 @@ from xlc.heads._dist import (
     all_gather_rows,
     all_gather_targets,
     debug_check,
+    global_logsumexp,
     local_rows,
-    merge_topk,
+    merge_topk_across_ranks,
     rank_and_world,
+    resolve_group,
     shard_range,
+    sum_grad_over_ranks,
+    sum_over_ranks,
 )
 
 # rows per rank for each world size; a rank with an empty batch is included on purpose
@@ -81,15 +85,37 @@ def _check_collectives(rank, world_size):
     pad = k - kk
     local_scores = torch.cat([local_scores, torch.full((n, pad), float("-inf"))], 1)
     local_labels = torch.cat([local_pos + start, torch.full((n, pad), -1)], 1)
-    top, labels = merge_topk(local_scores, local_labels, k)
+    top, labels = merge_topk_across_ranks(local_scores, local_labels, k)
     want_top, want_labels = scores_full.sort(dim=1, descending=True, stable=True)
     want_top, want_labels = want_top[:, :k], want_labels[:, :k]
     assert torch.equal(labels, want_labels) and torch.equal(top, want_top)
     everyone = [None] * world_size
     dist.all_gather_object(everyone, (top, labels))
     assert all(torch.equal(t, top) and torch.equal(lab, labels) for t, lab in everyone)
+    _check_reductions(rank, world_size, gen, x_full, coef[0], mine)
     if world_size > 1:
         _check_debug_switch(rank, world_size)
+
+
+def _check_reductions(rank, world_size, gen, x_full, coef, mine):
+    """Each reduction's forward and backward; rank r contributes r + 1, so sums are W (W + 1) / 2."""
+    group = resolve_group()[0]  # None on one process: the reductions skip communication
+    total = world_size * (world_size + 1) / 2
+    x = x_full[mine].clone().requires_grad_(True)  # [B_r, d]
+    (all_gather_rows(x, replicated=True) * coef).sum().backward()  # the same loss on every rank
+    assert_close(x.grad, coef[mine], atol=0, rtol=0)  # my slice, not summed over ranks
+    share = torch.full((2,), rank + 1.0, dtype=torch.float64, requires_grad=True)
+    summed = sum_over_ranks(share, group)
+    summed.sum().backward()
+    assert_close(summed, torch.full((2,), total))
+    assert_close(share.grad, torch.ones(2))  # backward: identity
+    ones = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    same = sum_grad_over_ranks(ones, group)
+    (same * (rank + 1)).sum().backward()
+    assert_close(same, torch.ones(2))  # forward: identity
+    assert_close(ones.grad, torch.full((2,), total))
+    z = torch.randn(3, world_size, generator=gen, dtype=torch.float64)  # [3, W], rank r holds column r
+    assert_close(global_logsumexp(z[:, rank], torch.ones(3, dtype=torch.float64), group), z.logsumexp(1))
 
 
 def _check_debug_switch(rank, world_size):

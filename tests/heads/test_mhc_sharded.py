@@ -19,9 +19,10 @@ from tests.conftest import assert_close
 from xlc.errors import ConfigError
 from xlc.heads import HEADS, build_head
 from xlc.heads._dist import local_rows
+from xlc.heads._init import init_shard
 from xlc.heads.mhc import MHCHead
 from xlc.heads.mhc_sharded import MHCShardedHead
-from xlc.heads.sharded import LabelShard, init_shard
+from xlc.heads.sharded import LabelShard
 
 ROWS = {1: [6], 2: [5, 2], 3: [3, 0, 4]}  # unequal local batches, one of them empty
 C, D, PER, HIDDEN, K = 23, 6, 4, 5, 2  # 6 groups of 4, the last ragged (20, 21, 22 + pad)

@@ -19,7 +19,8 @@ from tests.conftest import assert_close
 from xlc.errors import ConfigError, DataError
 from xlc.heads import build_head
 from xlc.heads._dist import local_rows, shard_range
-from xlc.heads.sharded import LabelShard, ShardedSoftmaxHead, init_shard
+from xlc.heads._init import init_shard
+from xlc.heads.sharded import LabelShard, ShardedSoftmaxHead
 from xlc.heads.softmax import ChunkedSoftmaxHead, SoftmaxHead
 
 ROWS = {1: [6], 2: [5, 2], 3: [3, 0, 4]}  # unequal local batches, one of them empty

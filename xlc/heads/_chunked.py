@@ -1,4 +1,4 @@
-"""Exact, memory-bounded linear-classifier losses and top-k, chunked over labels.
+"""The chunked kernels: exact, memory-bounded linear-classifier losses and top-k, chunked over labels.
 
 A weight `[C_local, d]` (+ optional bias `[C_local]`) scores a batch `x [B, d]` one label chunk at a
 time, so no more than `B x chunk` logits ever exist (plus a few same-sized temporaries in backward).
@@ -8,9 +8,9 @@ gets exact gradients without storing logits.
 
 Sharding (Megatron vocab-parallel CE / Partial FC): `weight[0]` has global id `label_offset`; targets
 are global ids and only the owner of a target contributes its logit. With `group`, the row max is
-all-reduced (MAX) and the sum-exp and picked target logits (SUM), so every rank returns the loss over
-the union of the shards. Backward needs no collective: `dW`, `db` are the rank's own rows, and `dX`
-is this rank's partial sum, which the caller reduces through its own autograd gather.
+all-reduced (MAX) and the sum-exp and picked target logits (SUM) through `_dist`, so every rank
+returns the loss over the union of the shards. Backward needs no collective: `dW`, `db` are the rank's
+own rows, and `dX` is this rank's partial sum, which the caller reduces through its own autograd gather.
 
 Dtypes: for bf16/fp16 `x` the matmul runs in `x.dtype` (tensor cores) and the logits and every sum
 over labels are float32; otherwise the matmul runs in `promote(x.dtype, weight.dtype)`.
@@ -21,11 +21,11 @@ from __future__ import annotations
 from typing import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from xlc.errors import ConfigError, DataError
+from xlc.heads._dist import all_reduce_sum_, global_logsumexp
+from xlc.heads._targets import LABEL_REDUCTIONS, PAL_REDUCTIONS, check_choice, check_k, unique_targets
 
 LogitFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -34,8 +34,6 @@ LogitFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Te
 # instead of page-faulted in again: 1.3x faster than 64 MiB blocks at 262k labels, B=d=256 (2-core CPU).
 # CUDA: 128 MiB (B=256 -> 131072 labels): fewer, larger matmuls; the caching allocator reuses blocks.
 CHUNK_BYTES = {"cpu": 16 * 2**20, "cuda": 128 * 2**20}
-PAL_REDUCTIONS = ("pal_sum", "pal_mean")
-LABEL_REDUCTIONS = ("sum", "mean")
 
 
 def default_chunk(batch: int, num_labels: int, device_type: str = "cpu") -> int:
@@ -57,46 +55,8 @@ def compute_dtypes(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.dtype, 
     return cd, torch.promote_types(cd, torch.float32)
 
 
-def all_reduce_(t: torch.Tensor, op: dist.ReduceOp, group) -> torch.Tensor:
-    """In-place all-reduce over `group`; a no-op when `group` is None (single process)."""
-    if group is not None:
-        dist.all_reduce(t, op=op, group=group)
-    return t
-
-
-def global_logsumexp(row_max: torch.Tensor, sum_exp: torch.Tensor, group) -> torch.Tensor:
-    """log sum_j exp(z_j) over all ranks' labels from each rank's (max, sum exp(z - max)) [B]."""
-    top = all_reduce_(row_max.clone(), dist.ReduceOp.MAX, group)  # [B]
-    sum_exp = all_reduce_(sum_exp * torch.exp(row_max - top), dist.ReduceOp.SUM, group)  # [B]
-    return top + torch.log(sum_exp)
-
-
-def validate_targets(targets: torch.Tensor, num_labels: int, batch: int) -> None:
-    """Raise `DataError` unless targets are long `[B]` or `[B, M]` with values in [-1, num_labels)."""
-    if targets.dtype != torch.long or targets.dim() not in (1, 2) or targets.shape[0] != batch:
-        raise DataError(
-            f"targets: expected a long tensor [B] or [B, M] with B={batch}, got {targets.dtype} {list(targets.shape)}"
-        )
-    bad = (targets < -1) | (targets >= num_labels)
-    if bad.any():
-        row = int(bad.nonzero()[0, 0])
-        raise DataError(f"targets row {row}: {targets[row].tolist()} has a label outside [0, {num_labels}) (or -1 padding)")
-
-
-def check_k(k: int, num_labels: int) -> None:
-    if not 1 <= k <= num_labels:
-        raise ConfigError(f"k={k}: expected 1 <= k <= number of labels ({num_labels})")
-
-
-def unique_targets(targets: torch.Tensor) -> torch.Tensor:
-    """`[B]` or `[B, M]` padded targets -> `[B, M]` with each row's duplicate labels replaced by -1."""
-    t = targets.view(targets.shape[0], -1).sort(dim=1).values  # [B, M]
-    dup = torch.zeros_like(t, dtype=torch.bool)
-    dup[:, 1:] = t[:, 1:] == t[:, :-1]
-    return t.masked_fill(dup, -1)
-
-
 def chunk_ranges(num_labels: int, chunk: int) -> Iterator[tuple[int, int]]:
+    """[lo, hi) ranges of at most `chunk` covering [0, num_labels) in order."""
     for lo in range(0, num_labels, chunk):
         yield lo, min(lo + chunk, num_labels)
 
@@ -116,6 +76,7 @@ class _ChunkedLoss(torch.autograd.Function):
     """Per-row `a * R(z) - c * sum_{k in S} z_k` with R = logsumexp ("ce") or sum softplus ("bce").
 
     dL/dz = g * (a * f(z) - c * onehot_S) with f = softmax or sigmoid: one backward for both losses.
+    With `group`, forward sums the per-shard statistics over ranks (`_dist`); backward is local.
     """
 
     @staticmethod
@@ -137,10 +98,10 @@ class _ChunkedLoss(torch.autograd.Function):
                 total += F.softplus(z).sum(1)
         if kind == "ce":
             lse = global_logsumexp(row_max, total, group)  # [B]
-            loss = a * lse - c * all_reduce_(picked, dist.ReduceOp.SUM, group)
+            loss = a * lse - c * all_reduce_sum_(picked, group)
         else:
             lse = None
-            loss = all_reduce_(a * total - c * picked, dist.ReduceOp.SUM, group)
+            loss = all_reduce_sum_(a * total - c * picked, group)
         ctx.save_for_backward(x, weight, bias, local, a, c, lse)
         ctx.kind, ctx.chunk, ctx.logit_fn = kind, chunk, logit_fn
         return loss
@@ -182,11 +143,6 @@ class _ChunkedLoss(torch.autograd.Function):
 def _local_targets(targets: torch.Tensor, label_offset: int) -> torch.Tensor:
     t = unique_targets(targets)  # [B, M]
     return torch.where(t >= 0, t - label_offset, -1)
-
-
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
 
 
 def chunked_cross_entropy(
@@ -241,7 +197,7 @@ def chunked_bce(
     _, acc = compute_dtypes(x, weight)
     scale = torch.ones(x.shape[0], dtype=acc, device=x.device)  # [B]
     if label_reduction == "mean":
-        total = all_reduce_(torch.tensor(float(weight.shape[0]), dtype=acc, device=x.device), dist.ReduceOp.SUM, group)
+        total = all_reduce_sum_(torch.tensor(float(weight.shape[0]), dtype=acc, device=x.device), group)
         scale = scale / total
     chunk = chunk or default_chunk(x.shape[0], weight.shape[0], x.device.type)
     local = _local_targets(targets, label_offset)  # [B, M]
@@ -262,12 +218,15 @@ def topk_lowest_index(z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return scores, idx.gather(1, order)
 
 
-def merge_topk(
-    scores_a: torch.Tensor, labels_a: torch.Tensor, scores_b: torch.Tensor, labels_b: torch.Tensor, k: int
+def update_running_topk(
+    scores: torch.Tensor, labels: torch.Tensor, chunk_scores: torch.Tensor, chunk_labels: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of the union of two disjoint candidate lists `[B, *]`, ties broken by the lower label."""
-    labels, perm = torch.cat([labels_a, labels_b], dim=1).sort(dim=1)  # [B, ka + kb]
-    scores = torch.cat([scores_a, scores_b], dim=1).gather(1, perm)
+    """A running top-k `[B, <=k]` merged with a new chunk's candidates `[B, k']` (labels disjoint from it).
+
+    Returns the top-k of the union, `[B, min(k, <=k + k')]`, ties broken by the lower label.
+    """
+    labels, perm = torch.cat([labels, chunk_labels], dim=1).sort(dim=1)  # [B, <=k + k']
+    scores = torch.cat([scores, chunk_scores], dim=1).gather(1, perm)
     scores, order = scores.sort(dim=1, descending=True, stable=True)
     return scores[:, :k], labels.gather(1, order[:, :k])
 
@@ -296,5 +255,5 @@ def chunked_topk(
     for lo, hi in chunk_ranges(weight.shape[0], chunk):
         z = _chunk_logits(x, weight[lo:hi], None if bias is None else bias[lo:hi], cd, acc, logit_fn)  # [B, c]
         s, i = topk_lowest_index(z, min(k, hi - lo))  # [B, k']
-        scores, labels = merge_topk(scores, labels, s, i + (lo + label_offset), k)
+        scores, labels = update_running_topk(scores, labels, s, i + (lo + label_offset), k)
     return scores, labels

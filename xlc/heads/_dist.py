@@ -1,9 +1,15 @@
-"""Collectives for the model-parallel heads, in one place.
+"""Every collective of the heads: the only module under `xlc/heads` that imports torch.distributed.
 
-Every function works with `group=None` when torch.distributed is not initialised, and on a group of
-size 1, where it returns its input unchanged (no communication). Collectives are issued in the same
-order on every rank; a rank that skips one hangs the others, which is what `XLC_DEBUG_DIST=1`
-(see `debug_check`) turns into an error before the head's collectives start.
+Holds the group and label-range arithmetic (`resolve_group`, `rank_and_world`, `shard_range`,
+`local_rows`), the gathers (rows with two backward rules, targets, small ints), the reductions (plain
+in-place sums, sums with an identity or all-reduced backward, the global log-sum-exp), the cross-rank
+top-k merge and the `XLC_DEBUG_DIST` check.
+
+Two meanings of `group=None`. Gathers and `merge_topk_across_ranks` take None as the default group
+and return their input unchanged on a group of size 1 or without torch.distributed. Reductions take
+the group a head resolved (`resolve_group`): None there means one process and no communication.
+Collectives are issued in the same order on every rank; a rank that skips one hangs the others, which
+is what `XLC_DEBUG_DIST=1` (see `debug_check`) turns into an error before the head's collectives start.
 """
 
 from __future__ import annotations
@@ -21,6 +27,16 @@ def rank_and_world(group=None) -> tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+def resolve_group(process_group=None) -> tuple[object, int, int]:
+    """(group, rank, world) a head talks over: `process_group`, or the default group when None.
+
+    The group is None when it has one rank, so the reductions below skip communication entirely.
+    """
+    rank, world = rank_and_world(process_group)
+    group = (dist.group.WORLD if process_group is None else process_group) if world > 1 else None
+    return group, rank, world
 
 
 def shard_range(num_labels: int, rank: int, world: int) -> tuple[int, int]:
@@ -54,40 +70,50 @@ def _gather_padded(x: torch.Tensor, rows: list[int], pad_shape: tuple[int, ...],
     return [t[:n] for t, n in zip(out, rows)]
 
 
+def local_rows(rows: list[int], rank: int) -> slice:
+    """The slice of the gathered batch holding `rank`'s own rows."""
+    start = sum(rows[:rank])
+    return slice(start, start + rows[rank])
+
+
 class _AllGatherRows(torch.autograd.Function):
     """Forward: concatenate every rank's rows in rank order, [B_r, ...] -> [sum_r B_r, ...].
 
-    Backward: all-reduce (SUM) the gradient of the gathered rows and keep this rank's slice, so each
-    rank gets the sum over ranks of the gradient flowing into its own rows: when each rank's loss
-    depends on the gathered rows through its own label shard, that sum is the full gradient.
+    Backward, `replicated=False`: all-reduce (SUM) the gradient of the gathered rows and keep this
+    rank's slice, so each rank gets the sum over ranks of the gradient flowing into its own rows: when
+    each rank's loss depends on the gathered rows through its own label shard, that sum is the full
+    gradient. `replicated=True`: keep this rank's slice without a collective, for callers whose
+    downstream graph is identical on every rank (so each rank already holds the full gradient).
     """
 
     @staticmethod
-    def forward(ctx, x, rows, group):
-        ctx.group, ctx.rows = group, rows
-        ctx.rank = dist.get_rank(group)
-        max_rows = max(rows)
-        return torch.cat(_gather_padded(x, rows, (max_rows, *x.shape[1:]), 0, group))  # [N, ...]
+    def forward(ctx, x, rows, group, replicated):
+        ctx.group, ctx.replicated = group, replicated
+        ctx.mine = local_rows(rows, dist.get_rank(group))
+        return torch.cat(_gather_padded(x, rows, (max(rows), *x.shape[1:]), 0, group))  # [N, ...]
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous()  # [N, ...], this rank's label-shard contribution for every row
-        dist.all_reduce(grad, group=ctx.group)
-        start = sum(ctx.rows[: ctx.rank])
-        return grad[start : start + ctx.rows[ctx.rank]], None, None
+        if not ctx.replicated:
+            dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.mine], None, None, None
 
 
-def all_gather_rows(x: torch.Tensor, group=None, rows: list[int] | None = None) -> torch.Tensor:
+def all_gather_rows(
+    x: torch.Tensor, group=None, rows: list[int] | None = None, *, replicated: bool = False
+) -> torch.Tensor:
     """Autograd-aware all-gather along dim 0 with unequal (even empty) local sizes; see `_AllGatherRows`.
 
     `rows`: every rank's size of dim 0 when already known (saves one small collective).
+    `replicated`: backward keeps this rank's slice of the gradient without summing it over ranks.
     Every rank must call backward when one does (all ranks agree on `x.requires_grad`).
     """
     if rank_and_world(group)[1] == 1:
         return x
     if rows is None:
         rows = gather_shapes([x.shape[0]], group, x.device)[:, 0].tolist()
-    return _AllGatherRows.apply(x, rows, group)
+    return _AllGatherRows.apply(x, rows, group, replicated)
 
 
 def all_gather_targets(
@@ -108,13 +134,59 @@ def all_gather_targets(
     return torch.cat(_gather_padded(targets, rows, pad_shape, -1, group))  # [N] or [N, M]
 
 
-def local_rows(rows: list[int], rank: int) -> slice:
-    """The slice of the gathered batch holding `rank`'s own rows."""
-    start = sum(rows[:rank])
-    return slice(start, start + rows[rank])
+def all_reduce_sum_(t: torch.Tensor, group) -> torch.Tensor:
+    """Forward only: sum `t` over `group` in place and return it; a no-op when `group` is None (one process)."""
+    if group is not None:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
 
 
-def merge_topk(scores: torch.Tensor, labels: torch.Tensor, k: int, group=None) -> tuple[torch.Tensor, torch.Tensor]:
+def global_logsumexp(row_max: torch.Tensor, sum_exp: torch.Tensor, group) -> torch.Tensor:
+    """Forward only: log sum_j exp(z_j) over all ranks' labels from each rank's (max, sum exp(z - max)) [B]."""
+    top = row_max.clone()  # [B]
+    if group is not None:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    return top + torch.log(all_reduce_sum_(sum_exp * torch.exp(row_max - top), group))  # [B]
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Forward: all-reduce SUM. Backward: identity, since every rank holds the sum and the same gradient of it."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        return all_reduce_sum_(x.clone(), group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def sum_over_ranks(x: torch.Tensor, group) -> torch.Tensor:
+    """Sum of every rank's `x` (e.g. its share of a loss), differentiable; see `_SumOverRanks`."""
+    return _SumOverRanks.apply(x, group)
+
+
+class _SumGradOverRanks(torch.autograd.Function):
+    """Forward: identity. Backward: all-reduce SUM, for a replicated tensor each rank uses on its own shard only."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return all_reduce_sum_(grad.contiguous().clone(), ctx.group), None
+
+
+def sum_grad_over_ranks(x: torch.Tensor, group) -> torch.Tensor:
+    """`x` unchanged, its gradient summed over ranks in backward; see `_SumGradOverRanks`."""
+    return _SumGradOverRanks.apply(x, group)
+
+
+def merge_topk_across_ranks(
+    scores: torch.Tensor, labels: torch.Tensor, k: int, group=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Global top-k from every rank's local top-k over the same rows; identical on every rank.
 
     `scores`, `labels`: [N, k] per rank, descending, equal scores by ascending global label id (pad a
@@ -189,11 +261,16 @@ def _mismatches(table: list[dict]) -> list[str]:
 __all__ = [
     "all_gather_rows",
     "all_gather_targets",
+    "all_reduce_sum_",
     "debug_check",
     "debug_enabled",
     "gather_shapes",
+    "global_logsumexp",
     "local_rows",
-    "merge_topk",
+    "merge_topk_across_ranks",
     "rank_and_world",
+    "resolve_group",
     "shard_range",
+    "sum_grad_over_ranks",
+    "sum_over_ranks",
 ]

@@ -7,8 +7,9 @@ import math
 import torch
 from torch import nn
 
-from xlc.heads._chunked import LABEL_REDUCTIONS, check_choice, chunked_bce, chunked_topk, validate_targets
-from xlc.heads.softmax import init_linear
+from xlc.heads._chunked import chunked_bce, chunked_topk
+from xlc.heads._init import init_linear
+from xlc.heads._targets import LABEL_REDUCTIONS, check_choice, validate_targets
 
 
 class BCEHead(nn.Module):

@@ -12,7 +12,7 @@ import math
 import torch
 
 from xlc.errors import ConfigError, DataError
-from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, unique_targets, validate_targets
+from xlc.heads._targets import PAL_REDUCTIONS, check_choice, unique_targets, validate_targets
 
 
 def _int_root(n: int, h: int) -> int:

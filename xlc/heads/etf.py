@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, check_k, topk_lowest_index
+from xlc.heads._chunked import topk_lowest_index
+from xlc.heads._targets import PAL_REDUCTIONS, check_choice, check_k
 from xlc.heads.codec import positive_pairs
 
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError, DataError
-from xlc.heads._chunked import check_k, topk_lowest_index, unique_targets, validate_targets
+from xlc.heads._chunked import topk_lowest_index
+from xlc.heads._targets import check_k, unique_targets, validate_targets
 from xlc.heads.codec import MixedRadix, contiguous_groups
 
 

@@ -6,59 +6,18 @@ import dataclasses
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import all_reduce_, check_k, topk_lowest_index, unique_targets, validate_targets
-from xlc.heads._dist import all_gather_rows, all_gather_targets, debug_check, debug_enabled, gather_shapes
-from xlc.heads._dist import local_rows, merge_topk
+from xlc.heads._chunked import topk_lowest_index
+from xlc.heads._dist import all_gather_rows, debug_check, debug_enabled, gather_shapes, local_rows
+from xlc.heads._dist import merge_topk_across_ranks, sum_grad_over_ranks, sum_over_ranks
+from xlc.heads._init import init_shard
+from xlc.heads._targets import check_k, unique_targets
 from xlc.heads.mhc import candidate_scores, check_cascade, group_hot, group_labels, is_positive, top_groups
 from xlc.heads.mhc import split_single_label, training_candidates
-from xlc.heads.sharded import LabelShard, init_shard
-
-
-class _ReplicatedRows(torch.autograd.Function):
-    """Forward: every rank's rows in rank order, [B_r, d] -> [N, d]. Backward: this rank's slice, not reduced.
-
-    Everything downstream runs identically on every rank (replicated layers, and `_ReduceGradient` makes
-    the sharded part's gradient whole), so each rank already holds the full gradient of the gathered rows.
-    """
-
-    @staticmethod
-    def forward(ctx, x, rows, group, mine):
-        ctx.mine = mine
-        return all_gather_rows(x, group, rows)  # [N, d]
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad[ctx.mine], None, None, None
-
-
-class _SumOverRanks(torch.autograd.Function):
-    """Forward: all-reduce SUM of each rank's share of the loss. Backward: identity (every rank holds the sum)."""
-
-    @staticmethod
-    def forward(ctx, share, group):
-        return all_reduce_(share.clone(), dist.ReduceOp.SUM, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _ReduceGradient(torch.autograd.Function):
-    """Forward: identity. Backward: all-reduce SUM, since each rank's loss share sees only its own candidates."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return all_reduce_(grad.contiguous().clone(), dist.ReduceOp.SUM, ctx.group), None
+from xlc.heads.sharded import LabelShard
 
 
 class MHCShardedHead(nn.Module):
@@ -115,23 +74,6 @@ class MHCShardedHead(nn.Module):
         with torch.no_grad():
             self.table.mul_(math.sqrt(6 / (num_labels + 1 + hidden)) * math.sqrt(hidden))
 
-    def _gather(self, op: str, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features [N, d], targets [N] or [N, M]) of the global batch; validated on every rank."""
-        shard, targets = self.shard, targets.to(features.device)
-        debug_check(
-            op, shard.group, features=features, targets=targets, label_range=(shard.start, shard.end),
-            num_labels=self.num_labels,
-        )
-        width = targets.shape[1] if targets.dim() == 2 else 0
-        shapes = gather_shapes([features.shape[0], width], shard.group, features.device)  # [W, 2]
-        rows, width = shapes[:, 0].tolist(), int(shapes[:, 1].max())
-        x = features
-        if shard.world > 1:
-            x = _ReplicatedRows.apply(features, rows, shard.group, local_rows(rows, shard.rank))  # [N, d]
-        t = all_gather_targets(targets, shard.group, rows, width)  # [N] or [N, M]
-        validate_targets(t, self.num_labels, x.shape[0])
-        return x, t
-
     def _owned(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, cols) `[P]` of the candidate slots whose label this rank holds (padding belongs to nobody)."""
         return ((labels >= self.label_start) & (labels < self.label_end)).nonzero(as_tuple=True)
@@ -141,9 +83,10 @@ class MHCShardedHead(nn.Module):
         return (self.table[labels[rows, cols] - self.label_start] * e[rows]).sum(1)  # [P]
 
     def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x, t = self._gather("mhc_sharded.loss", features, targets)  # [N, d], [N] or [N, M]
+        # replicated: W_g and W_p see the same rows on every rank, so their input gradient is already whole
+        x, t = self.shard.gather("mhc_sharded.loss", features, targets, replicated=True)  # [N, d], [N] or [N, M]
         g = self.group_head(x)  # [N, G], the same on every rank
-        e = _ReduceGradient.apply(self.proj(x), self.shard.group)  # [N, hidden]
+        e = sum_grad_over_ranks(self.proj(x), self.shard.group)  # [N, hidden]
         if not self.multi_label:
             return self._single_label_loss(g, e, t)
         t = unique_targets(t)  # [N, M]
@@ -153,7 +96,7 @@ class MHCShardedHead(nn.Module):
         z = self._scores_of(e, labels, rows, cols)  # [P]
         positive = is_positive(labels, t)[rows, cols].to(z.dtype)  # [P]
         share = F.binary_cross_entropy_with_logits(z, positive, reduction="sum")
-        label_loss = _SumOverRanks.apply(share, self.shard.group) / (labels < self.num_labels).sum()
+        label_loss = sum_over_ranks(share, self.shard.group) / (labels < self.num_labels).sum()
         return label_loss + F.binary_cross_entropy_with_logits(g, group_hot(t, g, self.group_size))
 
     def _single_label_loss(self, g: torch.Tensor, e: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -166,7 +109,7 @@ class MHCShardedHead(nn.Module):
         z = torch.bmm(table_rows, e[rows, :, None]).squeeze(2).masked_fill(padded, -torch.inf)  # [P, per]
         share = F.cross_entropy(z, local[rows], reduction="sum")
         group_loss = (F.cross_entropy(g, group, reduction="none") * labelled).sum()
-        return (_SumOverRanks.apply(share, self.shard.group) + group_loss) / targets.shape[0]
+        return (sum_over_ranks(share, self.shard.group) + group_loss) / targets.shape[0]
 
     def _check_same_candidates(self, labels: torch.Tensor) -> None:
         """XLC_DEBUG_DIST=1: every rank must have picked the same candidates (deterministic group head)."""
@@ -204,7 +147,7 @@ class MHCShardedHead(nn.Module):
         owned[own_rows, own_cols] = True
         top, idx = topk_lowest_index(scores.masked_fill(~owned, -torch.inf), k)  # [N, k]
         top_labels = labels.gather(1, idx).masked_fill(top == -torch.inf, -1)  # [N, k]; -1 pads a few-label shard
-        top, top_labels = merge_topk(top, top_labels, k, shard.group)
+        top, top_labels = merge_topk_across_ranks(top, top_labels, k, shard.group)
         mine = local_rows(rows, shard.rank)
         return top[mine], top_labels[mine]
 

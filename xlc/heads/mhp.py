@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, check_k, chunk_ranges, merge_topk, topk_lowest_index
+from xlc.heads._chunked import chunk_ranges, topk_lowest_index, update_running_topk
+from xlc.heads._targets import PAL_REDUCTIONS, check_choice, check_k
 from xlc.heads.codec import MixedRadix, positive_pairs
 from xlc.heads.etf import dot_regression, simplex_etf
 
@@ -188,7 +189,7 @@ class MHPHead(nn.Module):
             for h, lp in enumerate(logp):
                 term = term + lp.index_select(2, digits[:, h])  # [B, G, c]
             s, i = topk_lowest_index(term.logsumexp(1), min(k, hi - lo))  # [B, k']
-            scores, labels = merge_topk(scores, labels, s, i + lo, k)
+            scores, labels = update_running_topk(scores, labels, s, i + lo, k)
         return scores, labels
 
 

@@ -6,16 +6,10 @@ import torch
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import (
-    PAL_REDUCTIONS,
-    check_choice,
-    chunked_cross_entropy,
-    chunked_topk,
-    unique_targets,
-    validate_targets,
-)
+from xlc.heads._chunked import chunked_cross_entropy, chunked_topk
+from xlc.heads._init import init_linear
+from xlc.heads._targets import PAL_REDUCTIONS, check_choice, unique_targets, validate_targets
 from xlc.heads.codec import contiguous_groups
-from xlc.heads.softmax import init_linear
 
 
 class MHSHead(nn.Module):

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import PAL_REDUCTIONS, check_choice, chunked_cross_entropy, chunked_topk, validate_targets
+from xlc.heads._chunked import chunked_cross_entropy, chunked_topk
+from xlc.heads._targets import PAL_REDUCTIONS, check_choice, validate_targets
 
 
 def rbf_logits(x: torch.Tensor, w: torch.Tensor, b: None, *, scale: float, gamma: float) -> torch.Tensor:

@@ -3,7 +3,8 @@
 Both heads take each rank's own local batch, all-gather features (autograd-aware) and targets, score
 the gathered batch against the rank's shard only, and combine shards through collectives, so only
 features and per-row statistics travel (never weights, never B x C logits). `loss` returns the same
-value on every rank; every rank of the group must call `loss` and `topk` together.
+value on every rank; every rank of the group must call `loss` and `topk` together. `LabelShard` (a
+rank's label range, its batch gather and its cross-rank top-k) is shared with `mhc_sharded`.
 
 Under data parallelism the backbone gradient on each rank is that of the global-mean loss restricted
 to the rank's rows; a DP all-reduce that *averages* therefore scales it by 1/world (Partial FC
@@ -16,34 +17,22 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import (
-    LABEL_REDUCTIONS,
-    PAL_REDUCTIONS,
-    check_choice,
-    check_k,
-    chunked_bce,
-    chunked_cross_entropy,
-    chunked_topk,
-    compute_dtypes,
-    validate_targets,
-)
+from xlc.heads._chunked import chunked_bce, chunked_cross_entropy, chunked_topk, compute_dtypes
 from xlc.heads._dist import (
     all_gather_rows,
     all_gather_targets,
     debug_check,
     gather_shapes,
     local_rows,
-    merge_topk,
-    rank_and_world,
+    merge_topk_across_ranks,
+    resolve_group,
     shard_range,
 )
-
-# Initial weights are drawn per block of global label ids, so the full matrix is the same for any world size.
-INIT_BLOCK = 4096
+from xlc.heads._init import init_shard
+from xlc.heads._targets import LABEL_REDUCTIONS, PAL_REDUCTIONS, check_choice, check_k, validate_targets
 
 
 @dataclass(frozen=True)
@@ -59,17 +48,20 @@ class LabelShard:
 
     @classmethod
     def of(cls, num_labels: int, process_group=None) -> "LabelShard":
-        rank, world = rank_and_world(process_group)
-        group = (dist.group.WORLD if process_group is None else process_group) if world > 1 else None
+        group, rank, world = resolve_group(process_group)
         return cls(group, rank, world, num_labels, *shard_range(num_labels, rank, world))
 
     def __deepcopy__(self, memo) -> "LabelShard":
         return self  # immutable, and a process group cannot be copied (copy.deepcopy(head) keeps working)
 
-    def gather(self, op: str, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(
+        self, op: str, features: torch.Tensor, targets: torch.Tensor, *, replicated: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(features [N, d] with autograd back to each rank's rows, targets [N] or [N, M]) of the global batch.
 
         Targets are validated after the gather, so a bad label raises on every rank (naming its global row).
+        `replicated`: the caller's graph on the gathered features is identical on every rank, so their
+        gradient is not summed over ranks (see `_dist.all_gather_rows`).
         """
         targets = targets.to(features.device)
         debug_check(
@@ -79,7 +71,7 @@ class LabelShard:
         width = targets.shape[1] if targets.dim() == 2 else 0
         shapes = gather_shapes([features.shape[0], width], self.group, features.device)  # [W, 2]
         rows, width = shapes[:, 0].tolist(), int(shapes[:, 1].max())
-        x = all_gather_rows(features, self.group, rows)  # [N, d]
+        x = all_gather_rows(features, self.group, rows, replicated=replicated)  # [N, d]
         t = all_gather_targets(targets, self.group, rows, width)  # [N] or [N, M]
         validate_targets(t, self.num_labels, x.shape[0])
         return x, t
@@ -99,24 +91,9 @@ class LabelShard:
         labels = torch.full((n, k), -1, dtype=torch.long, device=x.device)  # [N, k]; -1/-inf pad a small shard
         if own > 0 and n > 0:
             scores[:, :own], labels[:, :own] = chunked_topk(x, weight, bias, own, chunk=chunk, label_offset=self.start)
-        scores, labels = merge_topk(scores, labels, k, self.group)
+        scores, labels = merge_topk_across_ranks(scores, labels, k, self.group)
         mine = local_rows(rows, self.rank)
         return scores[mine], labels[mine]
-
-
-def init_shard(
-    shard: LabelShard, in_dim: int, bias: bool, seed: int, bias_value: float = 0.0
-) -> tuple[nn.Parameter, nn.Parameter | None]:
-    """`weight [C_local, d]` ~ U(+-1/sqrt(d)) (nn.Linear's bound, as the single-process heads), constant bias."""
-    bound = 1 / math.sqrt(in_dim)
-    weight = torch.empty(shard.end - shard.start, in_dim)  # [C_local, d]
-    for block in range(shard.start // INIT_BLOCK, -(-shard.end // INIT_BLOCK)):
-        lo, hi = block * INIT_BLOCK, (block + 1) * INIT_BLOCK
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + block)
-        rows = torch.empty(INIT_BLOCK, in_dim).uniform_(-bound, bound, generator=gen)  # [BLOCK, d]
-        a, b = max(lo, shard.start), min(hi, shard.end)
-        weight[a - shard.start : b - shard.start] = rows[a - lo : b - lo]
-    return nn.Parameter(weight), nn.Parameter(torch.full((len(weight),), float(bias_value))) if bias else None
 
 
 def init_sharded_linear(

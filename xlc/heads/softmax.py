@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlc.heads._chunked import (
-    PAL_REDUCTIONS,
-    check_choice,
-    check_k,
-    chunked_cross_entropy,
-    chunked_topk,
-    compute_dtypes,
-    linear_logits,
-    topk_lowest_index,
-    validate_targets,
-)
-
-
-def init_linear(module: nn.Module, num_labels: int, in_dim: int, bias: bool, bias_value: float = 0.0) -> None:
-    """Give `module` a `weight [C, d]` ~ U(+-1/sqrt(d)) (nn.Linear's bound) and a constant `bias [C]` (or None)."""
-    module.num_labels, module.in_dim = num_labels, in_dim
-    bound = 1 / math.sqrt(in_dim)
-    module.weight = nn.Parameter(torch.empty(num_labels, in_dim).uniform_(-bound, bound))  # [C, d]
-    module.bias = nn.Parameter(torch.full((num_labels,), float(bias_value))) if bias else None  # [C]
+from xlc.heads._chunked import chunked_cross_entropy, chunked_topk, compute_dtypes, linear_logits, topk_lowest_index
+from xlc.heads._init import init_linear
+from xlc.heads._targets import PAL_REDUCTIONS, check_choice, check_k, validate_targets
 
 
 class SoftmaxHead(nn.Module):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import unique_targets, validate_targets
+from xlc.heads._targets import unique_targets, validate_targets
 from xlc.heads.training_split import TrainingSplit
 
 NEGATIVES = ("tfn", "man", "tfn+man")
