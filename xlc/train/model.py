@@ -53,19 +53,23 @@ def check_model(cfg: RunConfig, meta: DatasetMeta) -> None:
                 cfg.backbone.name, num_features=meta.num_features, text=meta.text, hidden=cfg.backbone.hidden,
                 dropout=cfg.backbone.dropout, **cfg.backbone.options,
             ).out_dim
-        except ConfigError as e:
-            errors.append(str(e))
-        except (TypeError, ValueError, RuntimeError) as e:
-            errors.append(f"backbone {cfg.backbone.name!r} with options {cfg.backbone.options}: {e}")
+        except (TypeError, ValueError, RuntimeError) as e:  # ConfigError included
+            errors.append(_field_message("backbone", cfg.backbone.name, e))
         if in_dim is not None:
             try:
                 build_head(cfg.head.name, meta.num_labels, in_dim, **cfg.head.options)
-            except ConfigError as e:
-                errors.append(str(e))
             except (TypeError, ValueError, RuntimeError) as e:
-                errors.append(f"head {cfg.head.name!r} with options {cfg.head.options}: {e}")
+                errors.append(_field_message("head", cfg.head.name, e))
     if errors:
         raise ConfigError("\n".join(errors))
+
+
+def _field_message(section: str, name: str, error: Exception) -> str:
+    """A component's error as one line under its config section: `head.rank=0: expected ...`."""
+    text = " ".join(str(error).split())
+    if isinstance(error, ConfigError):
+        return text if text.startswith(section) else f"{section}.{text}"
+    return f"{section} {name!r}: {text}"
 
 
 def parameter_count(module: torch.nn.Module) -> int:
