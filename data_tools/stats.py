@@ -6,7 +6,7 @@ from pathlib import Path
 
 from xlc.data import label_counts
 from xlc.data.stats import dataset_stats
-from xlc.report import plot_label_frequency
+from xlc.plots import plot_label_frequency
 
 
 def report(directory: str | Path, plot: Path | None = None) -> str:

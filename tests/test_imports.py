@@ -22,6 +22,12 @@ HEAVY = ("ray", "deepspeed", "mlflow")
         ("xlc.data.stats", HEAVY + ("xlc.train", "xlc.tracking")),
         ("xlc.baselines.tree", HEAVY + ("xlc.train", "xlc.tracking")),
         ("xlc.baselines.knn", HEAVY + ("xlc.train", "xlc.tracking")),
+        # the Ray-free half of the training package: model assembly, evaluation, checkpoint format
+        ("xlc.train.model", ("ray", "deepspeed", "mlflow")),
+        ("xlc.train.evaluation", ("ray", "deepspeed", "mlflow")),
+        ("xlc.train.checkpoint", ("ray", "deepspeed", "mlflow")),
+        ("xlc.train.offline", ("ray", "deepspeed")),
+        ("data_tools.stats", HEAVY + ("xlc.train", "xlc.tracking")),
     ],
 )
 def test_package_imports_stay_light(package, forbidden):
@@ -65,3 +71,15 @@ def test_only_heads_dist_uses_torch_distributed():
     ]
     assert all(_uses_torch_distributed(ast.parse(code)) for code in caught)
     assert not _uses_torch_distributed(ast.parse("import torch\nfrom torch import nn"))
+
+
+def test_xlc_never_imports_its_sibling_packages():
+    """data_tools and launch plug their commands into `xlc` by entry points; xlc names neither."""
+    offenders = [
+        str(path) for path in (Path(__file__).parents[1] / "xlc").rglob("*.py")
+        if any(isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+            name.split(".")[0] in ("data_tools", "launch")
+            for name in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]))
+            for node in ast.walk(ast.parse(path.read_text())))
+    ]
+    assert offenders == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 from typing import List, Optional
 
 import typer
@@ -130,23 +131,27 @@ def bench_ann(ctx: typer.Context) -> None:
     bench_main(list(ctx.args))
 
 
-@bench_app.command("data", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench_data(ctx: typer.Context) -> None:
-    """XC conversion MB/s, rows/s streamed per worker, synthetic generation RSS."""
-    from data_tools.bench import main as bench_main
+def _register_plugins() -> None:
+    """Commands of the sibling packages, declared as entry points in pyproject.toml (`xlc.commands`: `data`
+    from data_tools, `submit` from launch; `xlc.bench`: `data`), so that xlc itself imports neither of them
+    and every import arrow between the packages points into xlc."""
+    for ep in entry_points(group="xlc.commands"):
+        command = ep.load()
+        if isinstance(command, typer.Typer):
+            app.add_typer(command, name=ep.name)
+        else:
+            app.command(ep.name)(command)
+    for ep in entry_points(group="xlc.bench"):
+        main = ep.load()
 
-    bench_main(list(ctx.args))
+        def run(ctx: typer.Context, main=main) -> None:
+            main(list(ctx.args))
+
+        run.__doc__ = (sys.modules[main.__module__].__doc__ or "").strip().split("\n")[0]
+        bench_app.command(ep.name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(run)
 
 
-def _register_subapps() -> None:
-    from data_tools.cli import app as data_app
-    from launch.submit import submit_command
-
-    app.add_typer(data_app, name="data", help="Convert, build and inspect dataset directories.")
-    app.command("submit")(submit_command)
-
-
-_register_subapps()
+_register_plugins()
 
 
 def main(argv: list[str] | None = None) -> None:

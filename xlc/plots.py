@@ -1,0 +1,77 @@
+"""Figures of a run and its dataset (matplotlib, Agg; no MLflow): each function writes one PNG and returns its path.
+
+`xlc.report` feeds them a run's MLflow history; `xlc data stats` draws the label-frequency one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+BUCKET = re.compile(r"^recall_at_(\d+)/freq_(\d+)-(\d+|inf)$")
+Series = tuple[list[int], list[float]]  # (steps, values)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_label_frequency(counts: np.ndarray, path: Path, title: str) -> Path:
+    """Two panels: labels sorted by train count (log-log rank plot: head left, tail right) and the histogram
+    of counts over log-spaced bins."""
+    fig, (rank_ax, hist_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    ranked = np.sort(counts)[::-1]
+    seen = ranked[ranked > 0]
+    rank_ax.loglog(np.arange(1, len(seen) + 1), seen)
+    rank_ax.set(xlabel="label rank", ylabel="train count", title="head / tail")
+    bins = np.unique(np.logspace(0, np.log10(max(seen.max(initial=1), 2)) + 0.01, 30).astype(int))
+    hist_ax.hist(seen, bins=bins)
+    hist_ax.set(xscale="log", yscale="log", xlabel="train count", ylabel="labels",
+                title=f"{len(counts) - len(seen)} labels unseen in train")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_curves(loss: Series, metrics: dict[str, Series], path: Path) -> Path:
+    """Training loss over steps (left) and each test metric over steps (right)."""
+    fig, (loss_ax, rank_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_ax.plot(*loss)
+    loss_ax.set(xlabel="step", ylabel="training loss", title="loss")
+    for name, series in metrics.items():
+        rank_ax.plot(*series, marker="o", label=name)
+    rank_ax.set(xlabel="step", ylabel="test metric", title="evaluation")
+    rank_ax.legend()
+    return _save(fig, path)
+
+
+def plot_buckets(metrics: dict[str, float], path: Path) -> Path | None:
+    """Bar chart of recall@k per training-frequency bucket (keys `recall_at_K/freq_LO-HI`)."""
+    rows = sorted((int(m[2]), f"{m[2]}-{m[3]}", v) for k, v in metrics.items() if (m := BUCKET.match(k)))
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar([name for _, name, _ in rows], [100 * v for *_, v in rows])
+    k = BUCKET.match(next(k for k in metrics if BUCKET.match(k)))[1]
+    ax.set(xlabel="training examples of the true label", ylabel=f"recall@{k} (%)", title="head vs tail labels")
+    return _save(fig, path)
+
+
+def plot_collapse(series: dict[str, Series], path: Path) -> Path | None:
+    """Neural-collapse metrics over evaluation steps, log scale."""
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (steps, values) in series.items():
+        ax.plot(steps, values, marker="o", label=name)
+    ax.set(xlabel="step", ylabel="value", yscale="log", title="neural collapse (train features)")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
