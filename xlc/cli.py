@@ -123,6 +123,14 @@ def bench_sharded(ctx: typer.Context) -> None:
     bench_main(list(ctx.args))
 
 
+@bench_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_train(ctx: typer.Context) -> None:
+    """The training step on gloo ranks: samples/s and time per phase (forward, head, backward, all-reduce, optimiser)."""
+    from xlc.bench.train import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
 @bench_app.command("ann", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def bench_ann(ctx: typer.Context) -> None:
     """FAISS ANN top-k over a trained classifier: recall@k against exact top-k, P@k both ways, speedup."""

@@ -2,7 +2,9 @@
 
 x = sum_j v_j E[f_j]  ->  [ReLU -> Linear]* -> dropout;  features [B, hidden[-1]].
 The first layer is an `EmbeddingBag(mode="sum", per_sample_weights=values)`, i.e. a sparse
-matrix product with a tf-idf row, so the input never becomes dense.
+matrix product with a tf-idf row, so the input never becomes dense. With `sparse_grad` (the default)
+its gradient is sparse too: only the rows a batch touches (see `xlc.train.step` for how they are
+reduced and updated).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from torch import nn
 class SparseMLP(nn.Module):
     INPUT = "sparse"
 
-    def __init__(self, num_features: int, hidden: list[int], dropout: float = 0.2):
+    def __init__(self, num_features: int, hidden: list[int], dropout: float = 0.2, *, sparse_grad: bool = True):
         super().__init__()
         if not hidden:
             raise ValueError("hidden must name at least one width")
-        self.embed = nn.EmbeddingBag(num_features, hidden[0], mode="sum")
+        self.embed = nn.EmbeddingBag(num_features, hidden[0], mode="sum", sparse=sparse_grad)
         self.bias = nn.Parameter(torch.zeros(hidden[0]))
         layers: list[nn.Module] = []
         for width_in, width_out in zip(hidden[:-1], hidden[1:]):

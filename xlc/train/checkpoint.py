@@ -4,6 +4,7 @@ Layout of one checkpoint directory (each rank writes its own files; Ray merges t
     engine/                 DeepSpeed `save_checkpoint` (backbone + replicated head + optimiser)
     head_shard_{r}.pt       label-sharded head of rank r: {label_start, label_end, tensors, moments, rest}
     head_inputs.pt          a fitted head's constructor inputs (rank 0; `xlc.heads.FittedHead`)
+    optimizer_sparse.pt     SparseAdam state of the sparse-gradient embedding tables (rank 0; replicated)
     state.json              `Progress`, world size, the run config (rank 0)
     manifest_{r}.json       sha256 + size of every file rank r wrote
 A `xlc.heads.ShardedHead` names its label-dimension state entries in `label_sharded`; on load the rows of
@@ -118,6 +119,20 @@ def save_head_inputs(directory: Path, inputs: dict) -> Path:
 def load_head_inputs(directory: str | Path) -> dict:
     path = Path(directory) / HEAD_INPUTS_FILE
     return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+
+
+def save_optimizer(directory: Path, name: str, optimizer: torch.optim.Optimizer) -> Path:
+    """A replicated optimiser outside the DeepSpeed engine (the sparse-table Adam), as `optimizer_{name}.pt`."""
+    path = directory / f"optimizer_{name}.pt"
+    _atomic_torch_save(optimizer.state_dict(), path)
+    return path
+
+
+def load_optimizer(directory: str | Path, name: str, optimizer: torch.optim.Optimizer) -> None:
+    path = Path(directory) / f"optimizer_{name}.pt"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; the checkpoint was written without a {name} optimiser")
+    optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 def latest_valid(candidate: str | Path) -> Path | None:

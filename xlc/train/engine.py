@@ -73,3 +73,8 @@ def initialize(model: torch.nn.Module, param_groups: list[dict], ds_config: dict
 
 def zero_stage(ds_config: dict) -> int:
     return int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+
+
+def low_precision(ds_config: dict) -> bool:
+    """Whether the JSON trains in bf16 or fp16."""
+    return any((ds_config.get(key) or {}).get("enabled", False) for key in ("bf16", "fp16"))

@@ -29,6 +29,7 @@ from xlc.train import stream
 from xlc.train.checkpoint import Progress
 from xlc.train.evaluation import all_reduce, collapse_metrics, evaluate, peak_memory_bytes
 from xlc.train.model import build_model, parameter_count
+from xlc.train.step import Step
 
 
 def train_loop(loop_config: dict) -> None:
@@ -41,21 +42,18 @@ def train_loop(loop_config: dict) -> None:
     if not cfg.use_gpu:
         torch.set_num_threads(max(1, int(os.environ.get("XLC_THREADS_PER_WORKER", "1"))))
 
-    # ---- model: a sharded head stays outside the engine, with its own optimiser
+    # ---- model and step: a sharded head stays outside the engine, with its own optimiser
     meta = xdata.read_meta(cfg.data)
     head_inputs = loop_config["head_inputs"]
     model, head = build_model(cfg, meta, head_inputs)
     head.to(device)
     sharded = isinstance(head, ShardedHead)
-    head_lr = cfg.train.head_lr or cfg.train.lr
-    groups = [{"params": list(model.backbone.parameters()), "lr": cfg.train.lr}]
-    if not sharded:
-        groups.append({"params": list(head.parameters()), "lr": head_lr})
     ds_config = xengine.deepspeed_config(
         cfg.deepspeed, batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
     )
-    engine = xengine.initialize(model, groups, ds_config, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    head_opt = torch.optim.AdamW(head.parameters(), lr=head_lr, weight_decay=cfg.train.weight_decay) if sharded else None
+    trainer = Step(model, head, ds_config, lr=cfg.train.lr, head_lr=cfg.train.head_lr or cfg.train.lr,
+                   weight_decay=cfg.train.weight_decay, world=world)
+    engine = trainer.engine
     head_parameters = parameter_count(head)
     if sharded:  # every rank holds its own shard
         head_parameters = int(all_reduce(torch.tensor(head_parameters, device=device)))
@@ -75,7 +73,9 @@ def train_loop(loop_config: dict) -> None:
                     )
                 engine.load_checkpoint(str(directory), tag="engine", load_module_strict=True)
                 if sharded:
-                    ckpt.load_head_shard(directory, head, head_opt)
+                    ckpt.load_head_shard(directory, head, trainer.head_opt)
+                if trainer.sparse_opt is not None:
+                    ckpt.load_optimizer(directory, "sparse", trainer.sparse_opt)
                 progress = Progress.from_state(state)
 
     logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
@@ -91,7 +91,9 @@ def train_loop(loop_config: dict) -> None:
             engine.save_checkpoint(tmp, tag="engine", save_latest=False)
             written = []
             if sharded:
-                written.append(ckpt.save_head_shard(directory, head, head_opt, rank))
+                written.append(ckpt.save_head_shard(directory, head, trainer.head_opt, rank))
+            if rank == 0 and trainer.sparse_opt is not None:  # replicated: every rank holds the same state
+                written.append(ckpt.save_optimizer(directory, "sparse", trainer.sparse_opt))
             if rank == 0 and head_inputs:
                 written.append(ckpt.save_head_inputs(directory, head_inputs))
             if rank == 0:
@@ -133,17 +135,7 @@ def train_loop(loop_config: dict) -> None:
             if i < progress.step_in_epoch:  # resumed mid-epoch: these batches were trained before the stop
                 continue
             batch = xdata.collate(table, meta.multi_label).to(device)
-            features = engine(batch)  # [B, d]
-            if sharded and world > 1:
-                # The sharded loss is the global-batch mean, so this rank's feature gradient is already its
-                # share of the global gradient; DeepSpeed then averages over ranks, so undo its 1/world.
-                features.register_hook(lambda grad: grad * world)
-            loss = head.loss(features, batch.targets)
-            engine.backward(loss)
-            engine.step()
-            if head_opt is not None:
-                head_opt.step()
-                head_opt.zero_grad(set_to_none=True)
+            loss = trainer.step(batch)
             progress.step, progress.step_in_epoch = progress.step + 1, progress.step_in_epoch + 1
             progress.samples_seen += len(batch) * world
             running, n_running = running + loss.item(), n_running + 1

@@ -1,0 +1,114 @@
+"""One training step, the same for the Ray worker and the train bench (`xlc bench train`).
+
+    features = engine(batch)              backbone (+ a replicated head) in the DeepSpeed engine [B, d]
+    loss = head.loss(features, targets)   a ShardedHead sits outside the engine (own AdamW, never averaged)
+    engine.backward(loss)                 local gradients
+    engine.allreduce_gradients()          data-parallel average (DeepSpeed; ZeRO reduce-scatter at stage > 0)
+    sparse / head optimisers, engine.step()   at the gradient-accumulation boundary only
+
+Embedding tables with sparse gradients (`nn.EmbeddingBag(sparse=True)`, the `mlp` backbone's input layer)
+are the remedy for 10^5+ input features: a batch touches a few thousand rows of the table, so their
+gradient is the touched rows only, DeepSpeed all-reduces it as an all-gather of (row ids, rows), and
+`torch.optim.SparseAdam` (lazy Adam: the moments of untouched rows stay as they are, no weight decay)
+updates those rows alone. A dense table would all-reduce and AdamW-update every row every step. DeepSpeed
+reduces sparse gradients only without ZeRO and in fp32, so with ZeRO > 0 or bf16/fp16 the tables are made
+dense (the same function, dense AdamW).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import torch
+
+from xlc.heads import ShardedHead
+from xlc.train import engine as xengine
+
+PHASES = ("forward", "head", "backward", "allreduce", "optimiser")
+
+
+def sparse_tables(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """Weights of embedding tables that produce sparse gradients."""
+    return [m.weight for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+            and m.sparse]
+
+
+def make_dense(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
+            m.sparse = False
+
+
+class PhaseTimer:
+    """Wall seconds per phase of a step (a CUDA sync before each reading, so kernels are charged where they run)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.seconds, self._last = device, defaultdict(float), None
+
+    def start(self) -> None:
+        self._sync()
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.seconds[phase] += now - self._last
+        self._last = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class Step:
+    """Owns the DeepSpeed engine and the optimisers outside it; `step(batch)` trains on one micro-batch."""
+
+    def __init__(self, model: torch.nn.Module, head: torch.nn.Module, ds_config: dict, *, lr: float,
+                 head_lr: float, weight_decay: float, world: int):
+        self.head, self.world = head, world
+        self.sharded = isinstance(head, ShardedHead)
+        if xengine.zero_stage(ds_config) > 0 or xengine.low_precision(ds_config):
+            make_dense(model)
+        tables = sparse_tables(model)
+        table_ids = {id(p) for p in tables}
+        backbone = [p for p in model.backbone.parameters() if id(p) not in table_ids]
+        groups = [{"params": backbone, "lr": lr}]
+        if not self.sharded:
+            groups.append({"params": list(head.parameters()), "lr": head_lr})
+        self.engine = xengine.initialize(model, groups, ds_config, lr=lr, weight_decay=weight_decay)
+        self.engine.enable_backward_allreduce = False  # `step` reduces explicitly, so the phases can be timed
+        self.head_opt = (torch.optim.AdamW(head.parameters(), lr=head_lr, weight_decay=weight_decay)
+                         if self.sharded else None)
+        self.sparse_opt = torch.optim.SparseAdam(tables, lr=lr) if tables else None
+        if tables:  # DeepSpeed rebuilds the reduced gradients as COO tensors; their invariants hold by construction
+            torch.sparse.check_sparse_tensor_invariants.disable()
+
+    def optimisers(self) -> dict[str, torch.optim.Optimizer]:
+        """The optimisers outside the engine, by checkpoint name."""
+        return {name: opt for name, opt in (("head", self.head_opt), ("sparse", self.sparse_opt)) if opt}
+
+    def step(self, batch, timer: PhaseTimer | None = None) -> torch.Tensor:
+        """Forward, backward and (at an accumulation boundary) the optimiser steps; the detached loss."""
+        mark = timer.mark if timer else (lambda phase: None)
+        if timer:
+            timer.start()
+        features = self.engine(batch)  # [B, d]
+        if self.sharded and self.world > 1:
+            # The sharded loss is the global-batch mean, so this rank's feature gradient is already its
+            # share of the global gradient; DeepSpeed then averages over ranks, so undo its 1/world.
+            features.register_hook(lambda grad: grad * self.world)
+        mark("forward")
+        loss = self.head.loss(features, batch.targets)
+        mark("head")
+        self.engine.backward(loss)
+        mark("backward")
+        self.engine.allreduce_gradients()
+        mark("allreduce")
+        if self.engine.is_gradient_accumulation_boundary():
+            for opt in self.optimisers().values():
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        self.engine.step()  # steps (and zeroes) at the boundary only
+        mark("optimiser")
+        return loss.detach()
