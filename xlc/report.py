@@ -2,7 +2,8 @@
 
 curves.png (loss and ranking metrics over steps), frequency_buckets.png (recall@k of test labels grouped
 by their training frequency: head vs tail), collapse.png (NC metrics over evaluations, when logged),
-label_frequency.png (the dataset's head/tail), and the final checkpoint under `model/`.
+label_frequency.png (the dataset's head/tail), and the final weights under `model/` (fp32, no optimiser
+state: `xlc.train.checkpoint.export_weights`; the Ray checkpoints stay the resume mechanism).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from xlc import data as xdata
 from xlc import tracking
 from xlc.plots import Series, plot_buckets, plot_collapse, plot_curves, plot_label_frequency
+from xlc.train.checkpoint import export_weights
 
 
 def _history(client, run_id: str, key: str) -> Series:
@@ -39,5 +41,5 @@ def log_run_report(uri: str, run_id: str, data_dir: str, checkpoint_dir: str | N
         for path in made:
             if path is not None:
                 logger.artifact(path, "plots")
-    if checkpoint_dir is not None:
-        client.log_artifacts(run_id, checkpoint_dir, "model")
+        if checkpoint_dir is not None:
+            client.log_artifacts(run_id, str(export_weights(checkpoint_dir, out / "model")), "model")

@@ -90,3 +90,30 @@ def test_manifest_detects_truncation_and_falls_back(tmp_path):
         warnings.simplefilter("ignore")
         assert ckpt.latest_valid(new) is None
     assert "no manifest" in ckpt.verify(tmp_path)[0]
+
+
+def test_exported_weights_drop_optimiser_state_and_load_like_the_checkpoint(tmp_path):
+    """`export_weights`: fp32 module weights, shards with their label ranges and no moments, a manifest."""
+    src = tmp_path / "ckpt"
+    (src / "engine").mkdir(parents=True)
+    module = {"backbone.embed.weight": torch.randn(7, D).bfloat16(), "backbone.steps": torch.tensor(3)}
+    torch.save({"module": module, "optimizer": {"huge": torch.zeros(100)}}, src / ckpt.ENGINE_MODULE_FILE)
+    head = build_head("sharded_softmax", C, D)
+    opt = torch.optim.AdamW(head.parameters(), lr=0.1)
+    head.loss(_features().float(), torch.arange(5)).backward()
+    opt.step()
+    ckpt.save_head_shard(src, head, opt, 0)
+    ckpt.write_state(src, {"step": 1})
+
+    out = ckpt.export_weights(src, tmp_path / "model")
+    assert ckpt.verify(out) == []
+    weights = ckpt.module_state(out)
+    assert weights["backbone.embed.weight"].dtype == torch.float32
+    assert torch.equal(weights["backbone.embed.weight"], module["backbone.embed.weight"].float())
+    assert torch.equal(weights["backbone.steps"], module["backbone.steps"])
+    shard = torch.load(out / "head_shard_0.pt", weights_only=True)
+    assert shard["moments"] == {} and (shard["label_start"], shard["label_end"]) == (0, C)
+    reloaded = build_head("sharded_softmax", C, D)
+    ckpt.load_head_shard(out, reloaded)
+    assert torch.equal(reloaded.weight, head.weight.detach())
+    assert ckpt.read_state(out) == {"step": 1}

@@ -135,6 +135,40 @@ def load_optimizer(directory: str | Path, name: str, optimizer: torch.optim.Opti
     optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
+ENGINE_MODULE_FILE = "engine/mp_rank_00_model_states.pt"  # DeepSpeed's module states (ZeRO 0-2)
+MODEL_FILE = "model.pt"
+
+
+def module_state(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The data-parallel module's weights (backbone, replicated head) from a checkpoint or an exported model."""
+    directory = Path(directory)
+    if (directory / MODEL_FILE).is_file():
+        return torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+    return torch.load(directory / ENGINE_MODULE_FILE, map_location="cpu", weights_only=True)["module"]
+
+
+def export_weights(directory: str | Path, out: str | Path) -> Path:
+    """The model a person reviews and reloads, without optimiser state: `model.pt` (fp32 state_dict of the
+    backbone and a replicated head), each `head_shard_{r}.pt` with its label range and tensors only (no Adam
+    moments), `head_inputs.pt`, `state.json` and a manifest, so `xlc eval OUT` scores it like a checkpoint."""
+    directory, out = Path(directory), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in module_state(directory).items()}
+    written = [out / MODEL_FILE]
+    _atomic_torch_save(weights, written[0])
+    for path in sorted(directory.glob("head_shard_*.pt")):
+        shard = torch.load(path, map_location="cpu", weights_only=True)
+        shard["moments"] = {}
+        written.append(out / path.name)
+        _atomic_torch_save(shard, written[-1])
+    for name in (HEAD_INPUTS_FILE, STATE_FILE):
+        if (directory / name).is_file():
+            written.append(out / name)
+            _atomic_write_bytes(written[-1], (directory / name).read_bytes())
+    write_manifest(out, 0, written)
+    return out
+
+
 def latest_valid(candidate: str | Path) -> Path | None:
     """`candidate` if it verifies; else the newest sibling checkpoint_* that does, with a warning."""
     candidate = Path(candidate)

@@ -47,13 +47,12 @@ def checkpoint_of(ref: str, uri: str | None) -> Path:
 
 
 def load_checkpoint(directory: Path, data_dir: str | None = None):
-    """(model, head, cfg, data_dir) rebuilt from a checkpoint on the CPU, in eval mode."""
+    """(model, head, cfg, data_dir) rebuilt from a checkpoint (or an exported model) on the CPU, in eval mode."""
     state = ckpt.read_state(directory)
     cfg = xconfig.from_dict(state["config"])
     data_dir = data_dir or cfg.data
     model, head = build_model(cfg, xdata.read_meta(data_dir), ckpt.load_head_inputs(directory))
-    module_state = torch.load(directory / "engine" / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(module_state["module"])
+    model.load_state_dict(ckpt.module_state(directory))
     if isinstance(head, ShardedHead):
         ckpt.load_head_shard(directory, head)
     return model.eval(), head.eval(), cfg, data_dir
