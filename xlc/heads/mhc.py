@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError, DataError
-from xlc.heads._chunked import topk_lowest_index
+from xlc.heads._chunked import row_dot, topk_lowest_index
 from xlc.heads._targets import check_k, unique_targets, validate_targets
 from xlc.heads.codec import MixedRadix, contiguous_groups
 
@@ -48,8 +48,8 @@ class MHCHead(nn.Module):
         return group_labels(groups, self.group_size, self.num_labels)
 
     def candidate_logits(self, e: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """E[labels] . e `[B, N]`: gather the candidate rows `[B, N, hidden]`, then one bmm."""
-        return torch.bmm(self.table(labels), e[:, :, None]).squeeze(2)  # [B, N]
+        """E[labels] . e `[B, N]`, without forming the `[B, N, hidden]` gather (`row_dot`)."""
+        return row_dot(self.table.weight, e, labels)  # [B, N]
 
     def training_candidates(self, group_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return training_candidates(group_logits, targets, self.group_size, self.num_labels, self.candidates)

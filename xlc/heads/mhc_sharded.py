@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
-from xlc.heads._chunked import topk_lowest_index
+from xlc.heads._chunked import gathered_dot, row_dot, topk_lowest_index
 from xlc.heads._dist import all_gather_rows, debug_check, debug_enabled, gather_shapes, local_rows
 from xlc.heads._dist import merge_topk_across_ranks, sum_grad_over_ranks, sum_over_ranks
 from xlc.heads._init import init_shard
@@ -80,7 +80,7 @@ class MHCShardedHead(nn.Module):
 
     def _scores_of(self, e: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor):
         """E[labels[rows, cols]] . e[rows] `[P]`, gathering only the owned rows of the table."""
-        return (self.table[labels[rows, cols] - self.label_start] * e[rows]).sum(1)  # [P]
+        return gathered_dot(self.table, e, labels[rows, cols] - self.label_start, rows)  # [P]
 
     def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # replicated: W_g and W_p see the same rows on every rank, so their input gradient is already whole
@@ -105,8 +105,8 @@ class MHCShardedHead(nn.Module):
         rows = (labelled & (y >= self.label_start) & (y < self.label_end)).nonzero()[:, 0]  # [P]
         labels = group_labels(group[rows, None], self.group_size, self.num_labels)  # [P, per]
         padded = labels == self.num_labels
-        table_rows = self.table[(labels - self.label_start).masked_fill(padded, 0)]  # [P, per, hidden]
-        z = torch.bmm(table_rows, e[rows, :, None]).squeeze(2).masked_fill(padded, -torch.inf)  # [P, per]
+        z = row_dot(self.table, e[rows], (labels - self.label_start).masked_fill(padded, 0))  # [P, per]
+        z = z.masked_fill(padded, -torch.inf)
         share = F.cross_entropy(z, local[rows], reduction="sum")
         group_loss = (F.cross_entropy(g, group, reduction="none") * labelled).sum()
         return (sum_over_ranks(share, self.shard.group) + group_loss) / targets.shape[0]
