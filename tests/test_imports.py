@@ -19,6 +19,7 @@ HEAVY = ("ray", "deepspeed", "mlflow")
         ("xlc.data.stats", HEAVY + ("xlc.train", "xlc.tracking")),
         ("xlc.baselines.tree", HEAVY + ("xlc.train", "xlc.tracking")),
         ("xlc.baselines.knn", HEAVY + ("xlc.train", "xlc.tracking")),
+        ("xlc.baselines.peers", HEAVY + ("xlc.train", "xlc.tracking", "napkinxc", "pecos")),  # libraries: on use
     ],
 )
 def test_package_imports_stay_light(package, forbidden):
