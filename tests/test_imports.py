@@ -28,6 +28,7 @@ HEAVY = ("ray", "deepspeed", "mlflow")
         ("xlc.train.checkpoint", ("ray", "deepspeed", "mlflow")),
         ("xlc.train.offline", ("ray", "deepspeed")),
         ("data_tools.stats", HEAVY + ("xlc.train", "xlc.tracking")),
+        ("xlc.baselines.peers", HEAVY + ("xlc.train", "xlc.tracking", "napkinxc", "pecos")),  # libraries: on use
     ],
 )
 def test_package_imports_stay_light(package, forbidden):

@@ -7,6 +7,8 @@ Compare config (YAML):
       - {name: mhp, overrides: {head.name: mhp, head.num_heads: 2}}
       - {name: softmax, overrides: {head.name: softmax}}
       - {name: knn, baseline: knn, options: {k: 10}}   # FAISS kNN on the same dataset, no training
+      - {name: plt, baseline: napkinxc, options: {model: PLT}}   # peer libraries (the `peers` extra):
+      - {name: xr-linear, baseline: pecos, options: {nr_splits: 16}}  # napkinXC PLT/BR/OVR, PECOS XR-Linear
     reuse: true                      # read a method's finished run back from MLflow instead of training again
 Each method trains as run `<name>-<method>`; a summary run `<name>-summary` holds the table (markdown,
 CSV) and the comparison plots as artifacts.
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from xlc import tracking
+from xlc.baselines import peers
 from xlc.config import RunConfig, apply_overrides, from_dict
 from xlc.errors import ConfigError
 
@@ -29,10 +32,11 @@ COLUMNS = [
     ("p@1", "P@1"), ("p@3", "P@3"), ("p@5", "P@5"), ("ndcg@5", "nDCG@5"), ("psp@5", "PSP@5"),
     ("train_seconds", "train s"), ("samples_per_second", "samples/s"),
     ("peak_memory_bytes", "peak MiB"), ("head_parameters", "head params"),
+    ("predict_seconds", "predict s"), ("model_bytes", "model MiB"),
 ]
 
 
-BASELINES = ("knn",)
+BASELINES = ("knn", "napkinxc", "pecos")
 
 
 def load_compare(path: str | Path, overrides: list[str]) -> tuple[str, str, list[tuple[str, RunConfig, dict | None]], bool]:
@@ -66,6 +70,8 @@ def load_compare(path: str | Path, overrides: list[str]) -> tuple[str, str, list
         if "baseline" in m:
             if m["baseline"] not in BASELINES:
                 raise ConfigError(f"{path}: methods[{i}].baseline={m['baseline']!r}: expected one of {', '.join(BASELINES)}")
+            if m["baseline"] in peers.OPTIONS:
+                peers.check_options(m["baseline"], m.get("options") or {}, key=f"{path}: methods[{i}].options")
             raw_cfg = apply_overrides(yaml.safe_load(yaml.safe_dump(base)), [f"name={name}-{m['name']}",
                                                                               f"tracking.experiment={experiment}"])
             methods.append((m["name"], from_dict(raw_cfg, overrides), {"baseline": m["baseline"], **(m.get("options") or {})}))
@@ -86,9 +92,11 @@ def _cell(key: str, value) -> str:
         return "-"
     if key == "peak_memory_bytes":
         return f"{value / 2**20:.0f}"
+    if key == "model_bytes":
+        return f"{value / 2**20:.1f}"
     if key in ("head_parameters",):
         return f"{int(value):,}"
-    if key in ("train_seconds", "samples_per_second"):
+    if key in ("train_seconds", "samples_per_second", "predict_seconds"):
         return f"{value:.1f}"
     return f"{100 * value:.2f}"
 
@@ -146,33 +154,53 @@ def run_baseline(cfg: RunConfig, options: dict, uri: str) -> dict:
     """Fit and score a non-neural baseline on the run's dataset, recorded as an MLflow run like a training run."""
     from xlc.baselines.knn import evaluate_knn
 
+    name = options["baseline"]
     options = {k: v for k, v in options.items() if k != "baseline"}
-    params = tracking.flatten({"baseline": "knn", "data": str(Path(cfg.data).resolve()), **options})
-    run_id, _ = tracking.start_run(uri, cfg.tracking.experiment, cfg.name, params, {"head": "knn", "git_commit": tracking.git_commit()})
+    extra = {}
+    if name in peers.OPTIONS:  # log the options in force (defaults included) and the library's version
+        options = peers.check_options(name, options)
+        extra = {"library": f"{peers.LIBRARIES[name][1]}=={peers.library_version(name)}"}
+    params = tracking.flatten({"baseline": name, "data": str(Path(cfg.data).resolve()), **extra, **options})
+    run_id, _ = tracking.start_run(uri, cfg.tracking.experiment, cfg.name, params, {"head": name, "git_commit": tracking.git_commit()})
+    common = dict(ks=cfg.eval.k, psp_a=cfg.eval.psp_a, psp_b=cfg.eval.psp_b, seed=cfg.train.seed)
     try:
-        metrics = evaluate_knn(cfg.data, ks=cfg.eval.k, psp_a=cfg.eval.psp_a, psp_b=cfg.eval.psp_b, seed=cfg.train.seed, **options)
-    except TypeError as e:
+        if name in peers.OPTIONS:
+            metrics = peers.evaluate_peer(name, cfg.data, **common, **options)
+        else:
+            metrics = evaluate_knn(cfg.data, **common, **options)
+    except Exception as e:
         tracking.end_run(uri, run_id, failed=True)
-        raise ConfigError(f"knn options {sorted(options)}: {e}") from None
+        if isinstance(e, TypeError):
+            raise ConfigError(f"{name} options {sorted(options)}: {e}") from None
+        raise
     tracking.RunLogger(uri, run_id).metrics(metrics, step=0)
     tracking.end_run(uri, run_id)
     return {"run_id": run_id, "metrics": metrics}
 
 
 def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "xlc-runs/compare") -> dict:
-    from xlc.train.trainer import train
-
     name, experiment, methods, reuse = load_compare(path, overrides)
     uri = None
-    runs = []
+    plan = []  # (method, cfg, baseline options, tracking uri, finished run to reuse or None)
     for method, cfg, baseline in methods:
         uri = tracking.resolve_uri(cfg.tracking.uri)
         previous = tracking.find_run(uri, experiment, cfg.name) if reuse else None
-        if previous is not None and previous.info.status == "FINISHED":
+        plan.append((method, cfg, baseline, uri, previous if previous is not None and previous.info.status == "FINISHED" else None))
+    for _, _, baseline, _, previous in plan:  # a missing peer library fails now, not after hours of training
+        if previous is None and baseline and baseline["baseline"] in peers.LIBRARIES:
+            peers.require(baseline["baseline"])
+    runs = []
+    for method, cfg, baseline, uri, previous in plan:
+        if previous is not None:
             metrics = {tracking.metric_name(k): v for k, v in previous.data.metrics.items()}
             runs.append({"method": method, "run_id": previous.info.run_id, "metrics": metrics})
             continue
-        result = run_baseline(cfg, baseline, uri) if baseline else train(cfg)
+        if baseline:
+            result = run_baseline(cfg, baseline, uri)
+        else:
+            from xlc.train.trainer import train  # Ray and DeepSpeed: only when a method trains
+
+            result = train(cfg)
         runs.append({"method": method, "run_id": result["run_id"], "metrics": result["metrics"]})
 
     md, table_csv = format_table(runs)

@@ -173,8 +173,8 @@ def test_compare_config_methods_load(name):
     assert [m for m, *_ in methods] == [m["name"] for m in spec["methods"]]
     assert len({m for m, *_ in methods}) == len(methods) >= 2
     assert all(cfg.name == f"{compare_name}-{m}" and cfg.tracking.experiment == experiment for m, cfg, _ in methods)
-    varied = {(cfg.data, cfg.backbone.name, cfg.head.name, repr(cfg.head.options), bool(b)) for _, cfg, b in methods}
-    assert len(varied) == len(methods), "every method changes the data, backbone, head or baseline"
+    varied = {(cfg.data, cfg.backbone.name, cfg.head.name, repr(cfg.head.options), repr(b)) for _, cfg, b in methods}
+    assert len(varied) == len(methods), "every method changes the data, backbone, head or baseline (or its options)"
     if name == "compare-icd10cm.yaml":
         assert len({cfg.head.name for _, cfg, _ in methods}) >= 3
         # A section override replaces the head: no base head option leaks into another head.

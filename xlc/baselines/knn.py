@@ -10,10 +10,10 @@ import scipy.sparse as sp
 import torch
 
 from xlc import data as xdata
+from xlc.baselines._dataset import ranking_metrics, read_split, truth
 from xlc.baselines._faiss import as_f32, make_index
 from xlc.baselines.tree import count_sketch, label_matrix
 from xlc.errors import ConfigError
-from xlc.eval.metrics import RankingMetrics, inv_propensity
 
 
 class KNNClassifier:
@@ -75,28 +75,20 @@ def evaluate_knn(data_dir: str, *, k: int = 10, index: str = "flat", sketch_dim:
     """kNN baseline on a sparse dataset directory: tf-idf rows count-sketched to `sketch_dim` dense dims,
     a FAISS index over the training rows, label voting for each test row; ranking metrics and timings."""
     meta = xdata.read_meta(data_dir)
-    if not meta.sparse:
-        raise ConfigError(f"{data_dir}: the knn baseline needs sparse features (meta.json num_features)")
 
-    def dense(batch) -> np.ndarray:
-        offsets = np.append(batch.feat_offsets.numpy(), len(batch.feat_idx))  # [B+1]
-        x = sp.csr_matrix((batch.feat_val.numpy(), batch.feat_idx.numpy(), offsets), shape=(len(batch), meta.num_features))
+    def dense(x: sp.csr_matrix) -> np.ndarray:
         return np.asarray(count_sketch(x, sketch_dim, seed).todense(), dtype=np.float32)
 
     tic = time.perf_counter()
-    train = list(xdata.iter_batches(data_dir, "train", batch_size))
-    model = KNNClassifier(k=k, index=index).fit(
-        np.concatenate([dense(b) for b in train]),
-        [row[row >= 0].tolist() for b in train for row in b.targets.reshape(len(b), -1)],
-        meta.num_labels,
-    )
+    x, y = read_split(data_dir, "train", "knn")
+    model = KNNClassifier(k=k, index=index).fit(dense(x), y, meta.num_labels)
     fit_seconds = time.perf_counter() - tic
-    counts = torch.from_numpy(xdata.label_counts(data_dir))
-    metrics = RankingMetrics(ks=ks, inv_propensity=inv_propensity(counts, meta.num_train, a=psp_a, b=psp_b))
+    metrics = ranking_metrics(data_dir, ks, psp_a, psp_b)
+    x, y = read_split(data_dir, "test", "knn")
     tic = time.perf_counter()
-    for batch in xdata.iter_batches(data_dir, "test", batch_size):
-        _, labels = model.predict(dense(batch), max(ks))
-        metrics.update(labels, batch.targets)
+    for lo in range(0, x.shape[0], batch_size):
+        _, labels = model.predict(dense(x[lo:lo + batch_size]), max(ks))
+        metrics.update(labels, truth(y[lo:lo + batch_size]))
     out = metrics.compute()
     out.update(train_seconds=fit_seconds, samples_per_second=meta.num_train / max(fit_seconds, 1e-9),
                predict_seconds=time.perf_counter() - tic, head_parameters=0)
