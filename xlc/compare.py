@@ -27,6 +27,7 @@ from xlc import tracking
 from xlc.baselines import peers
 from xlc.config import RunConfig, apply_overrides, from_dict
 from xlc.errors import ConfigError
+from xlc.plots import plot_time_to_accuracy
 
 COLUMNS = [
     ("p@1", "P@1"), ("p@3", "P@3"), ("p@5", "P@5"), ("ndcg@5", "nDCG@5"), ("psp@5", "PSP@5"),
@@ -178,6 +179,20 @@ def run_baseline(cfg: RunConfig, options: dict, uri: str) -> dict:
     return {"run_id": run_id, "metrics": metrics}
 
 
+def time_to_accuracy(uri: str, runs: list[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """Per trained method with probes (`eval.every_steps`): (training seconds, probe P@1) over its steps."""
+    client = tracking.client(uri)
+    probes = {}
+    for r in runs:
+        history = {key: {m.step: m.value for m in client.get_metric_history(r["run_id"], key)}
+                   for key in ("probe/p_at_1", "probe/train_seconds")}
+        steps = sorted(set(history["probe/p_at_1"]) & set(history["probe/train_seconds"]))
+        if steps:
+            probes[r["method"]] = ([history["probe/train_seconds"][s] for s in steps],
+                                   [history["probe/p_at_1"][s] for s in steps])
+    return probes
+
+
 def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "xlc-runs/compare") -> dict:
     name, experiment, methods, reuse = load_compare(path, overrides)
     uri = None
@@ -209,6 +224,9 @@ def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "x
     (out / "table.md").write_text(md)
     (out / "table.csv").write_text(table_csv)
     figures = plot(runs, out)
+    probes = time_to_accuracy(uri, runs)
+    if probes:
+        figures.append(plot_time_to_accuracy(probes, out / "time_to_accuracy.png"))
     summary_id, _ = tracking.start_run(uri, experiment, f"{name}-summary", {"methods": ",".join(m for m, *_ in methods)},
                                        {"kind": "compare-summary", "git_commit": tracking.git_commit()})
     logger = tracking.RunLogger(uri, summary_id)

@@ -56,6 +56,10 @@ class EvalConfig:
     psp_b: float = 1.5  # propensity B
     collapse: bool = False  # log neural-collapse metrics (NC1-NC4) on train features at each eval
     max_rows: int | None = None  # evaluate on at most this many test rows (None: all)
+    # Time to accuracy: every N optimiser steps (0: never) also score the first `probe_rows` test rows and
+    # log probe/p@1 with the training seconds and samples seen so far (evaluation time is not counted).
+    every_steps: int = 0
+    probe_rows: int = 2000
 
 
 @dataclass
@@ -199,6 +203,9 @@ def _check_values(cfg: RunConfig, errors: list[str]) -> None:
         errors.append(f"backbone.dropout={cfg.backbone.dropout}: must be in [0, 1)")
     if not cfg.eval.k or any(k < 1 for k in cfg.eval.k):
         errors.append(f"eval.k={cfg.eval.k}: must be a non-empty list of integers >= 1")
+    if cfg.eval.every_steps < 0 or cfg.eval.probe_rows < 1:
+        errors.append(f"eval.every_steps={cfg.eval.every_steps}, eval.probe_rows={cfg.eval.probe_rows}: "
+                      "expected every_steps >= 0 (0: no probes) and probe_rows >= 1")
     if cfg.train.checkpoint_every_steps < 0 or cfg.storage.max_failures < -1:
         errors.append("train.checkpoint_every_steps must be >= 0 and storage.max_failures >= -1 (-1: unlimited)")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name) or ".." in cfg.name:

@@ -75,3 +75,15 @@ def plot_collapse(series: dict[str, Series], path: Path) -> Path | None:
     ax.set(xlabel="step", ylabel="value", yscale="log", title="neural collapse (train features)")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def plot_time_to_accuracy(probes: dict[str, tuple[list[float], list[float]]], path: Path) -> Path | None:
+    """Probe P@1 (%) against training seconds, one line per method: which head reaches an accuracy first."""
+    if not probes:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (seconds, p1) in probes.items():
+        ax.plot(seconds, [100 * v for v in p1], marker=".", label=name)
+    ax.set(xlabel="training seconds", ylabel="P@1 on the probe rows (%)", title="time to accuracy")
+    ax.legend(fontsize="small")
+    return _save(fig, path)

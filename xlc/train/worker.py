@@ -107,11 +107,14 @@ def train_loop(loop_config: dict) -> None:
                 dist.barrier()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    def eval_metrics() -> dict:
-        out = evaluate(
+    def scores(max_rows: int | None) -> dict:
+        return evaluate(
             cfg.data, meta, engine.module, head, device, ks=cfg.eval.k, batch_size=cfg.train.batch_size,
-            inv_prop=inv_prop, max_rows=cfg.eval.max_rows, train_counts=train_counts,
+            inv_prop=inv_prop, max_rows=max_rows, train_counts=train_counts,
         )
+
+    def eval_metrics() -> dict:
+        out = scores(cfg.eval.max_rows)
         if cfg.eval.collapse:
             out.update(collapse_metrics(cfg.data, meta, engine.module, head, device, cfg.train.batch_size))
         peak = all_reduce(torch.tensor(peak_memory_bytes(device), device=device), op=dist.ReduceOp.MAX)
@@ -150,6 +153,13 @@ def train_loop(loop_config: dict) -> None:
                 progress.train_seconds += time.perf_counter() - tic
                 tic = time.perf_counter()
                 save_and_report({"step": progress.step, "epoch": progress.epoch})
+            if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
+                progress.train_seconds += time.perf_counter() - tic  # the probe's own time is not training
+                probe = scores(cfg.eval.probe_rows)
+                if logger is not None:
+                    logger.metrics({"probe/p@1": probe["p@1"], "probe/train_seconds": progress.train_seconds,
+                                    "probe/samples_seen": progress.samples_seen}, progress.step)
+                tic = time.perf_counter()
             if progress.step >= max_steps:
                 break
         progress.train_seconds += time.perf_counter() - tic
