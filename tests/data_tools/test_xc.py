@@ -113,13 +113,6 @@ def test_malformed_input_names_file_and_line_and_leaves_nothing(tmp_path, train,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trn.txt", "tst.txt"]
 
 
-@pytest.mark.parametrize("name, reason", [("absent.txt", "No such file or directory"), (".", "Is a directory")])
-def test_unreadable_input_is_named(tmp_path, name, reason):
-    _, tst = _write(tmp_path, TRAIN)
-    with pytest.raises(DataError, match=rf"{tmp_path / name}: cannot read the XC file \({reason}\)"):
-        convert_xc(tmp_path / name, tst, tmp_path / "out")
-
-
 @pytest.mark.parametrize("chunk_bytes", [1 << 20, 9])
 def test_repeated_labels_in_a_row_are_kept_once(tmp_path, chunk_bytes):
     """XC files in the wild repeat labels within a row; each row counts a label once, first occurrence first."""
