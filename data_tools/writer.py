@@ -51,8 +51,11 @@ class DatasetWriter:
         self.tmp: Path | None = None
 
     def __enter__(self) -> "DatasetWriter":
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        try:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        except OSError as e:
+            raise ConfigError(f"OUT_DIR {self.out_dir}: cannot write there ({e.strerror}: {e.filename})") from None
         for split in SPLITS:
             (self.tmp / split).mkdir()
         return self

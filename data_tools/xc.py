@@ -2,11 +2,14 @@
 
 Format (systems.md §6): header `num_points num_features num_labels`, then one line per point
 `l1,l2,... f:v f:v ...`; a point with no labels starts with a space, indices are 0-based and unsorted, and a
-bare `f` means value 1. Parsing is vectorised per chunk of whole lines: every number is a run of non-separator
-bytes, classified by the separator before it (line start or ',' -> label; ' ' -> feature index; ':' -> value),
-and all numbers of a chunk are parsed by one Arrow cast. Nothing of the chunk's size is built per token except
-the tokens themselves: rows are delimited by token counts at line starts, and a line number is only computed
-for an error message.
+bare `f` means value 1. Labels are plain non-negative integers (`1e1` and `+1` are refused), feature indices
+integers in range, values finite as float32. A label repeated within a row is kept once (XC files in the wild
+have such rows), so a row counts a label at most once in `labels.parquet`.
+
+Parsing is vectorised per chunk of whole lines: every number is a run of non-separator bytes, classified by the
+separator before it (line start or ',' -> label; ' ' -> feature index; ':' -> value), and all numbers of a chunk
+are parsed by one Arrow cast. Nothing of the chunk's size is built per token except the tokens themselves: rows
+are delimited by token counts at line starts, and a line number is only computed for an error message.
 """
 
 from __future__ import annotations
@@ -38,12 +41,17 @@ _TO_ZERO = bytes.maketrans(_SEPARATORS, b"0" * len(_SEPARATORS))
 _TO_SPACE = bytes.maketrans(_SEPARATORS, b" " * len(_SEPARATORS))
 _ZERO_PADDABLE = np.zeros(256, dtype=bool)
 _ZERO_PADDABLE[list(b"0123456789.")] = True
+_IS_DIGIT = np.zeros(256, dtype=bool)
+_IS_DIGIT[list(b"0123456789")] = True
 
 
 def read_header(path: Path) -> tuple[int, int, int, int]:
     """(num_points, num_features, num_labels, byte offset of line 2) from the header line."""
-    with open(path, "rb") as f:
-        line = f.readline()
+    try:
+        with open(path, "rb") as f:
+            line = f.readline()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the XC file ({e.strerror})") from None
     if not line:
         raise DataError(f"{path}: empty file; expected a header line 'num_points num_features num_labels'")
     parts = line.split()
@@ -91,7 +99,7 @@ class _Chunk:
         if number[0]:
             edges = np.concatenate([[0], edges])
         starts, ends = edges[0::2], edges[1::2]  # [T] each; every number ends, since the buffer ends with '\n'
-        self.starts = starts
+        self.starts, self.ends = starts, ends
         kind = _KIND_AFTER[b[starts - 1]]  # [T]; a number at 0 reads b[-1], the final '\n': a line start
         self._check_separators(buf, b, number, kind)
         self._check_kinds(kind, number)
@@ -99,6 +107,7 @@ class _Chunk:
 
         row_bounds = np.append(np.searchsorted(starts, self.line_starts), len(starts))  # [R+1] token range of each line
         label_pos = np.flatnonzero(kind == LABEL)
+        self._check_plain(buf, b, starts[label_pos], ends[label_pos], "label")
         labels = numbers[label_pos]
         self._check_ints(labels, label_pos, num_labels, "label")
         index_pos = np.flatnonzero(kind == INDEX)
@@ -107,10 +116,13 @@ class _Chunk:
         # a value is the token right after its index (checked above); an index without one is a bare `f` (value 1)
         has_value = np.append(kind[1:], -1)[index_pos] == VALUE
         values = np.ones(len(index_pos), dtype=np.float32)
-        values[has_value] = numbers[index_pos[has_value] + 1]
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused next
+            values[has_value] = numbers[index_pos[has_value] + 1]
+        self._check_finite(buf, values, index_pos)
 
         label_offsets = np.searchsorted(label_pos, row_bounds)  # [R+1]
-        self.labels = label_lists(label_offsets, labels.astype(np.int32))
+        labels, label_offsets = _dedupe_rows(labels.astype(np.int32), label_offsets)
+        self.labels = label_lists(label_offsets, labels)
         self.feat_offsets = np.searchsorted(index_pos, row_bounds)  # [R+1]
         self.feat_idx = index.astype(np.int32)
         self.feat_val = values
@@ -140,13 +152,18 @@ class _Chunk:
         try:
             return pc.cast(tokens, pa.float64()).to_numpy()
         except pa.ArrowInvalid:
-            for s, e in zip(starts.tolist(), ends.tolist()):
-                try:
-                    float(buf[s:e])
-                except ValueError:
-                    token = buf[s:e][:40].decode(errors="replace")
-                    raise DataError(f"{self.where(s)}: {token!r} is not a number") from None
-            raise DataError(f"{self.where(int(starts[0]))}: could not parse the numbers of this chunk") from None
+            pass
+        # Bisect with the same Arrow cast for the first token it refuses (Python's float() accepts more, e.g.
+        # '1_000'): the first bad token always lies in [lo, hi), in about 2 x T parsed tokens in all.
+        lo, hi = 0, len(tokens)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                pc.cast(tokens.slice(lo, mid - lo), pa.float64())
+                lo = mid
+            except pa.ArrowInvalid:
+                hi = mid
+        raise DataError(f"{self.where(int(starts[lo]))}: {self._text(buf, starts[lo], ends[lo])!r} is not a number")
 
     def _check_separators(self, buf: bytes, b: np.ndarray, number: np.ndarray, kind: np.ndarray) -> None:
         """',' and ':' must be followed by a number: catches '1,,2', '3:' and lines cut short after a ':'.
@@ -174,6 +191,29 @@ class _Chunk:
         if len(orphan):
             raise DataError(f"{self.where(int(self.starts[orphan[0]]))}: a ':value' without a feature index before it")
 
+    @staticmethod
+    def _text(buf: bytes, start, end) -> str:
+        return buf[int(start):int(end)][:40].decode(errors="replace")
+
+    def _check_plain(self, buf: bytes, b: np.ndarray, starts: np.ndarray, ends: np.ndarray, what: str) -> None:
+        """Numbers made of digits only: the float parse would read '1e1' as 10 and '1.0' or '+1' as 1."""
+        lens = ends - starts  # [N]
+        # one pass per digit position (about 7 for a million labels), each over the numbers at least that long
+        if all(_IS_DIGIT[b[starts[lens > j] + j]].all() for j in range(int(lens.max(initial=0)))):
+            return
+        i = next(i for i, (s, e) in enumerate(zip(starts.tolist(), ends.tolist())) if not buf[s:e].isdigit())
+        raise DataError(f"{self.where(int(starts[i]))}: {what} {self._text(buf, starts[i], ends[i])!r} "
+                        "is not a plain non-negative integer")
+
+    def _check_finite(self, buf: bytes, values: np.ndarray, index_pos: np.ndarray) -> None:
+        """Feature values [F] are finite float32; a bad one is the token after its index, `index_pos` [F]."""
+        bad = ~np.isfinite(values)
+        if bad.any():
+            i = int(index_pos[np.argmax(bad)]) + 1
+            text = self._text(buf, self.starts[i], self.ends[i])
+            raise DataError(f"{self.where(int(self.starts[i]))}: feature value {text!r} is not finite (nan, inf or "
+                            "beyond float32's ±3.4e38)")
+
     def _check_ints(self, x: np.ndarray, token: np.ndarray, upper: int, what: str) -> None:
         bad = (x < 0) | (x >= upper) | (x != np.floor(x))
         if bad.any():
@@ -182,12 +222,31 @@ class _Chunk:
                             f"integer in [0, {upper}) (header)")
 
 
+def _dedupe_rows(labels: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, offsets [R+1]) with each label kept once per row, first occurrence first, order otherwise kept."""
+    step = labels[1:] > labels[:-1]  # [N-1]
+    heads = offsets[1:-1]  # [R-1] where each later row's labels begin; a row may start anywhere
+    step[heads[(heads > 0) & (heads < len(labels))] - 1] = True
+    if step.all():  # labels ascending within every row (the usual XC layout): no repeats, no sort
+        return labels, offsets
+    rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))  # [N]
+    key = rows.astype(np.int64) << 32 | labels  # [N] (row, label), ordered by row then label
+    order = np.argsort(key, kind="stable")  # stable: of equal keys the first occurrence comes first
+    repeat = order[1:][key[order[1:]] == key[order[:-1]]]
+    if not len(repeat):
+        return labels, offsets
+    keep = np.ones(len(labels), dtype=bool)
+    keep[repeat] = False
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=len(offsets) - 1))])
+    return labels[keep], offsets
+
+
 def convert_xc(train: str | Path, test: str | Path, out_dir: str | Path, *, name: str = "xc",
                overwrite: bool = False, chunk_bytes: int = CHUNK_BYTES, rows_per_file: int = 100_000) -> Path:
     """Convert an XC train/test pair into a dataset dir (sparse features, multi-label from the data).
 
     Memory is bounded by `chunk_bytes` of text plus one Parquet file's row group, whatever the file sizes.
-    Any malformed input raises `DataError` naming the file and line, and leaves no output directory.
+    A label repeated within a row is stored once. Any malformed input raises `DataError` naming the file and line, and leaves no output directory.
     """
     check_out_dir(out_dir, overwrite)
     headers = {split: read_header(Path(p)) for split, p in (("train", train), ("test", test))}

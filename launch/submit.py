@@ -24,6 +24,7 @@ from typing import Annotated, Optional
 import typer
 
 from xlc.errors import ConfigError, XlcError
+from xlc.net import check_answers
 
 # gitignore syntax, relative to the working dir; "/data/" is anchored so xlc/data/ is still uploaded.
 WORKING_DIR_EXCLUDES = [
@@ -189,6 +190,7 @@ def submit(
     With `no_wait=False`, stream the job's logs and raise `JobFailed` unless it ends SUCCEEDED.
     """
     job = build_job(config_path, overrides=overrides, working_dir=working_dir, pip=pip, env=env, tracking_uri=tracking_uri)
+    check_answers(address, "--address", "the Ray dashboard URL, e.g. http://HEAD:8265")
     if "MLFLOW_TRACKING_URI" not in job["runtime_env"]["env_vars"]:
         print(
             "warning: tracking.uri is null, so the MLflow run is written inside the job's temporary working dir "

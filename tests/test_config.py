@@ -78,3 +78,20 @@ def test_missing_required_and_bad_yaml(tmp_path):
         load(str(tmp_path / "absent.yaml"))
     with pytest.raises(ConfigError, match="expected key=value"):
         load(write(tmp_path, BASE), ["train.epochs"])
+
+
+def test_unparsable_override_value_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"override 'train.epochs=\[1': the value '\[1' is not valid YAML \(expected"):
+        load(write(tmp_path, BASE), ["train.epochs=[1"])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), r"cannot read the config file \(Is a directory\)"),
+    (lambda p: p.write_bytes(b"\x7fELF\x02\x01\x01\x00\xd0\xff"), r"config file is not text \(not UTF-8\); expected YAML"),
+    (lambda p: p.write_bytes(b"name: \x00\x01"), r"not valid YAML \(unacceptable character #x0000"),
+], ids=["directory", "binary", "control-character"])
+def test_a_config_that_is_no_yaml_text_is_named_in_one_line(tmp_path, make, message):
+    make(tmp_path / "run.yaml")
+    with pytest.raises(ConfigError, match=rf"run.yaml: {message}") as err:
+        load(tmp_path / "run.yaml")
+    assert "\n" not in str(err.value)

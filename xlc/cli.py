@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from xlc.errors import XlcError
+from xlc.errors import ConfigError, DataError, XlcError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and compare extreme-label classifier heads.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks of the hot paths (results in docs/benchmarks.md).")
@@ -66,10 +68,34 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
 ) -> None:
     """Score a trained run's latest valid checkpoint on a dataset's test split, in this process."""
+    from xlc.net import check_answers, is_http
+
+    if uri and is_http(uri) and not Path(ref).is_dir():  # MLflow would retry a dead server for minutes
+        check_answers(uri, "--uri", "a running MLflow tracking server, or no --uri for the local store")
     from xlc.train.offline import checkpoint_of, evaluate_checkpoint
 
     directory = checkpoint_of(ref, uri)
+    if data is not None:
+        _check_same_shape(directory, data)
     _print_result({"run_id": ref, "checkpoint": str(directory), "metrics": evaluate_checkpoint(directory, data)}, as_json)
+
+
+def _check_same_shape(checkpoint: Path, data: str) -> None:
+    """`--data` must have the labels and features of the run's own dataset, which sized its head and backbone."""
+    from xlc.data import read_meta
+    from xlc.train.checkpoint import read_state
+
+    own = read_state(checkpoint)["config"]["data"]
+    if not Path(own).is_dir():  # moved or deleted: nothing to compare with; loading the weights will tell
+        return
+
+    def shape(meta) -> str:
+        return f"{meta.num_labels} labels, {meta.num_features or 'no sparse'} features" + (", text" if meta.text else "")
+
+    given, trained = read_meta(data), read_meta(own)
+    if shape(given) != shape(trained):
+        raise DataError(f"--data {data}: {shape(given)}, but run was trained on {own} with {shape(trained)}; "
+                        "evaluate on a dataset with the same labels and features")
 
 
 @app.command()
@@ -96,6 +122,7 @@ def ui(
     host: str = typer.Option("127.0.0.1", help="Bind address; keep 127.0.0.1 unless you mean to expose it"),
 ) -> None:
     """Serve the MLflow UI for the local store on 127.0.0.1."""
+    _check_port_free(host, port)  # the server would log the failure and still exit 0
     from xlc import tracking
 
     store = tracking.resolve_uri(uri)
@@ -105,6 +132,19 @@ def ui(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
          "--default-artifact-root", artifacts, "--host", host, "--port", str(port)],
     )
+
+
+def _check_port_free(host: str, port: int) -> None:
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: expected a port number in 1..65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no conflict
+            probe.bind(address)
+    except OSError as e:  # in use, not an address of this machine, unknown host
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); "
+                              "pick a free port with --port") from None
 
 
 @bench_app.command("heads", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -25,7 +25,7 @@ import yaml
 
 from xlc import tracking
 from xlc.baselines import peers
-from xlc.config import RunConfig, apply_overrides, from_dict
+from xlc.config import RunConfig, apply_overrides, from_dict, read_yaml
 from xlc.errors import ConfigError
 from xlc.plots import plot_time_to_accuracy
 
@@ -43,12 +43,11 @@ BASELINES = ("knn", "napkinxc", "pecos")
 def load_compare(path: str | Path, overrides: list[str]) -> tuple[str, str, list[tuple[str, RunConfig, dict | None]], bool]:
     """(name, experiment, [(method, run config, baseline options or None)], reuse) from a compare YAML."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: compare config not found") from None
+    raw = read_yaml(path, "compare config")
     if not isinstance(raw, dict) or not isinstance(raw.get("methods"), list) or not raw.get("name"):
         raise ConfigError(f"{path}: expected keys name, base, methods (a list of {{name, overrides}} or {{name, baseline}})")
+    if not raw["methods"]:
+        raise ConfigError(f"{path}: methods is empty; list at least one {{name, overrides}} or {{name, baseline}}")
     unknown = set(raw) - {"name", "experiment", "base", "methods", "reuse"}
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; allowed: name, experiment, base, methods, reuse")
@@ -56,9 +55,9 @@ def load_compare(path: str | Path, overrides: list[str]) -> tuple[str, str, list
     if isinstance(base, str):
         base_path = (path.parent / base) if not Path(base).is_absolute() else Path(base)
         try:
-            base = yaml.safe_load(base_path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: base={raw['base']!r}: file {base_path} not found") from None
+            base = read_yaml(base_path, "base run config")
+        except ConfigError as e:
+            raise ConfigError(f"{path}: base={raw['base']!r}: {e}") from None
     if not isinstance(base, dict):
         raise ConfigError(f"{path}: base must be a run config mapping or a path to one")
     name, experiment = str(raw["name"]), str(raw.get("experiment", raw["name"]))

@@ -175,13 +175,41 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line on what is wrong (PyYAML's own message spans several lines)."""
+    return str(getattr(e, "problem", None) or str(e).splitlines()[0])
+
+
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The parsed YAML file at `path`; a missing, unreadable, binary or invalid one is a `ConfigError` naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: {what} file is not text (not UTF-8); expected YAML") from None
+    except OSError as e:  # a directory, no permission, ...
+        raise ConfigError(f"{path}: cannot read the {what} file ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({_yaml_problem(e)})") from None
+
+
 def apply_overrides(raw: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """Apply `a.b=value` overrides (values parsed as YAML scalars/lists) to a raw config mapping."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.epochs=2")
-        _set_dotted(raw, key.strip(), yaml.safe_load(text) if text.strip() else None)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value {text!r} is not valid YAML ({_yaml_problem(e)})") from None
+        _set_dotted(raw, key.strip(), value)
     return raw
 
 
@@ -252,15 +280,7 @@ def from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConf
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read a YAML run config and apply dotted overrides; raise `ConfigError` listing every problem."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    raw = read_yaml(path, "config")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
     return from_dict(raw, overrides)

@@ -36,3 +36,17 @@ def test_existing_out_dir_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["build", "icd10cm", str(tmp_path)])
     assert isinstance(result.exception, ConfigError) and "--overwrite" in str(result.exception)
     assert (tmp_path / "keep").read_text() == "x"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["absent.txt", "tst.txt", "out"], "error: absent.txt: cannot read the XC file (No such file or directory)"),
+    ([".", "tst.txt", "out"], "error: .: cannot read the XC file (Is a directory)"),
+    # a file where OUT_DIR's parent should be: unwritable even for root, unlike a chmod
+    (["trn.txt", "tst.txt", "trn.txt/out"], "error: OUT_DIR trn.txt/out: cannot write there (File exists: trn.txt)"),
+])
+def test_convert_bad_paths_are_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    for name in ("trn.txt", "tst.txt"):
+        (tmp_path / name).write_text("1 4 3\n0 1:1\n")
+    assert main(["convert", *args]) == 2
+    assert capsys.readouterr().err == message + "\n"

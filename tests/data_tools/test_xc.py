@@ -93,7 +93,14 @@ def test_signed_and_exponent_values_parse_exactly(tmp_path):
     ("2 6 5\n1,,2 0:1\n1 2:1\n", r"trn.txt, line 2: ',' not followed by a number"),
     ("3 6 5\n1 0:1\n1 2:1\n", r"trn.txt: header says 3 points but the file has 2 lines"),
     ("2 6 5\n1 0:1\n1:3 2:1\n", r"trn.txt, line 3: a ':value' without a feature index"),
-    ("2 6 5\n1.5 0:1\n1 2:1\n", r"trn.txt, line 2: label 1.5 out of range"),
+    ("2 6 5\n1.5 0:1\n1 2:1\n", r"trn.txt, line 2: label '1.5' is not a plain non-negative integer"),
+    ("2 6 5\n1 0:1\n1e1 2:1\n", r"trn.txt, line 3: label '1e1' is not a plain non-negative integer"),
+    ("2 6 5\n1 0:1\n0,+1 2:1\n", r"trn.txt, line 3: label '\+1' is not a plain non-negative integer"),
+    ("2 6 5\n1 0:1\n1 3:1_000\n", r"trn.txt, line 3: '1_000' is not a number"),  # Python's float() takes it
+    ("2 6 5\n1 0:1\n1 2:nan\n", r"trn.txt, line 3: feature value 'nan' is not finite"),
+    ("2 6 5\n1 0:1\n1 2:1 4:-inf\n", r"trn.txt, line 3: feature value '-inf' is not finite"),
+    ("2 6 5\n1 0:1\n1 2:1e999\n", r"trn.txt, line 3: feature value '1e999' is not finite"),
+    ("2 6 5\n1 0:1\n1 2:1e39\n", r"trn.txt, line 3: feature value '1e39' is not finite"),  # float32 overflow
     ("2 6 5\n1 0:1\n1 2:e5\n", r"trn.txt, line 3: 'e5' is not a number"),
     ("2 6 5\n1 0:1\n1 2:-x\n", r"trn.txt, line 3: '-x' is not a number"),
     ("2 6 5\n1 0:1 2\n:3\n", r"trn.txt, line 3: a ':value' without a feature index"),
@@ -104,6 +111,20 @@ def test_malformed_input_names_file_and_line_and_leaves_nothing(tmp_path, train,
     with pytest.raises(DataError, match=message):
         convert_xc(trn, tst, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trn.txt", "tst.txt"]
+
+
+@pytest.mark.parametrize("chunk_bytes", [1 << 20, 9])
+def test_repeated_labels_in_a_row_are_kept_once(tmp_path, chunk_bytes):
+    """XC files in the wild repeat labels within a row; each row counts a label once, first occurrence first."""
+    trn, tst = _write(tmp_path, "3 6 5\n1,1,3,1 0:1\n4,2,4 1:1\n2 2:1\n")
+    out = convert_xc(trn, tst, tmp_path / "out", chunk_bytes=chunk_bytes)
+    assert [r[0] for r in _rows(out, "train")] == [[1, 3], [4, 2], [2]]
+    assert label_counts(out).tolist() == [0, 1, 2, 1, 1]
+
+
+def test_a_repeated_label_alone_is_single_label(tmp_path):
+    trn, tst = _write(tmp_path, "2 6 5\n1,1 0:1\n2 2:1\n")
+    assert not read_meta(convert_xc(trn, tst, tmp_path / "out")).multi_label
 
 
 def test_wrong_schema_file_is_named(tmp_path):

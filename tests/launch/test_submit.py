@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shlex
+import socket
 import time
 import zipfile
 from pathlib import Path
@@ -118,6 +119,23 @@ def test_main_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     assert "--env 'NOEQUALS': expected NAME=VALUE" in capsys.readouterr().err
     assert main([str(config)]) == 2  # --address is required
     assert "--address" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("address, message", [
+    ("http://127.0.0.1:{port}", "nothing answers there (Connection refused)"),
+    ("not-a-url", "not an http:// or https:// URL"),
+])
+def test_an_address_without_a_dashboard_fails_fast_in_one_line(tmp_path, monkeypatch, capsys, address, message):
+    monkeypatch.chdir(tmp_path)
+    config = _write_config(tmp_path / "run.yaml")
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        address = address.format(port=s.getsockname()[1])
+        tic = time.perf_counter()
+        assert main([str(config), "--address", address]) == 2
+    assert time.perf_counter() - tic < 5
+    assert capsys.readouterr().err == (f"error: --address {address}: {message}; "
+                                       "expected the Ray dashboard URL, e.g. http://HEAD:8265\n")
 
 
 @pytest.fixture(scope="module")
