@@ -42,3 +42,11 @@ def test_sharded_heads_stay_outside_the_model():
     assert isinstance(head, ShardedHead) and model.head is None
     model, head = build_model(run(head={"name": "mhp"}, backbone={"hidden": [8]}), small)
     assert model.head is head
+
+
+def test_heads_with_a_multi_label_option_follow_the_dataset_unless_told():
+    single = DatasetMeta(name="t", num_labels=50, multi_label=False, num_features=30)
+    _, head = build_model(run(head={"name": "mhc"}, backbone={"hidden": [8]}), single)
+    assert head.multi_label is False
+    _, head = build_model(run(head={"name": "mhc", "multi_label": True}, backbone={"hidden": [8]}), single)
+    assert head.multi_label is True

@@ -13,6 +13,7 @@ from xlc.config import RunConfig
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
 from xlc.heads import ShardedHead, build_head
+from xlc.heads import head_options as head_option_names
 
 
 class Model(torch.nn.Module):
@@ -38,8 +39,16 @@ def build_model(cfg: RunConfig, meta: DatasetMeta, head_inputs: dict | None = No
         cfg.backbone.name, num_features=meta.num_features, text=meta.text, hidden=cfg.backbone.hidden,
         dropout=cfg.backbone.dropout, **cfg.backbone.options,
     )
-    head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **cfg.head.options, **(head_inputs or {}))
+    head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **head_options(cfg, meta), **(head_inputs or {}))
     return Model(backbone, None if isinstance(head, ShardedHead) else head), head
+
+
+def head_options(cfg: RunConfig, meta: DatasetMeta) -> dict:
+    """The configured head options; a head that takes `multi_label` and was not told gets the dataset's."""
+    options = dict(cfg.head.options)
+    if "multi_label" in head_option_names(cfg.head.name):
+        options.setdefault("multi_label", meta.multi_label)
+    return options
 
 
 def check_model(cfg: RunConfig, meta: DatasetMeta) -> None:
@@ -57,7 +66,7 @@ def check_model(cfg: RunConfig, meta: DatasetMeta) -> None:
             errors.append(_field_message("backbone", cfg.backbone.name, e))
         if in_dim is not None:
             try:
-                build_head(cfg.head.name, meta.num_labels, in_dim, **cfg.head.options)
+                build_head(cfg.head.name, meta.num_labels, in_dim, **head_options(cfg, meta))
             except (TypeError, ValueError, RuntimeError) as e:
                 errors.append(_field_message("head", cfg.head.name, e))
     if errors:
