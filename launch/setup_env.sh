@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 export DS_BUILD_OPS=0 PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install -q -c constraints.txt torch==2.13.0
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[dev,text]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[cpu,dev,text]"
 # the peers extra (napkinxc, libpecos): --no-deps because libpecos declares numpy<2 and scipy<1.14, which
 # cannot resolve against constraints.txt; its XR-Linear runs on the pinned versions (xlc/baselines/_pecos_compat.py)
 .venv/bin/python -m pip install -q -c constraints.txt --no-deps napkinxc libpecos

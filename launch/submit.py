@@ -61,8 +61,9 @@ class JobFailed(RuntimeError):
     """A job submitted with no_wait=False ended in a state other than SUCCEEDED (not a user error: exit 1)."""
 
 
-def pinned_requirements(root: str | Path = ".") -> list[str]:
-    """xlc's runtime dependencies from `root/pyproject.toml`, each pinned to its `root/constraints.txt` version.
+def pinned_requirements(root: str | Path = ".", faiss: str = "gpu") -> list[str]:
+    """xlc's runtime dependencies from `root/pyproject.toml` plus its `faiss` extra (`cpu` or `gpu`: one FAISS
+    build), each pinned to its `root/constraints.txt` version.
 
     Ray itself is left out: the cluster already runs Ray, and the client's Ray version must match it.
     """
@@ -77,8 +78,10 @@ def pinned_requirements(root: str | Path = ".") -> list[str]:
             name, version = line.split("==", 1)
             pins[canonicalize_name(name)] = version.strip()
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    if faiss not in ("cpu", "gpu"):
+        raise ConfigError(f"--faiss={faiss!r}: expected cpu or gpu")
     out = []
-    for spec in project["dependencies"]:
+    for spec in project["dependencies"] + project["optional-dependencies"][faiss]:
         req = Requirement(spec)
         name = canonicalize_name(req.name)
         if name == "ray":
@@ -223,12 +226,13 @@ def submit_command(
     install_deps: Annotated[
         bool, typer.Option(help="pip-install xlc's runtime deps pinned from constraints.txt (for images without them)")
     ] = False,
+    faiss: Annotated[str, typer.Option(help="with --install-deps: the FAISS build, cpu or gpu")] = "gpu",
     env: Annotated[Optional[list[str]], typer.Option(help="extra NAME=VALUE environment variable; repeatable")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI every node reaches")] = None,
     wait: Annotated[bool, typer.Option(help="stream the job's logs and exit non-zero unless it succeeds")] = False,
 ) -> None:
     """Submit `xlc train CONFIG key=value...` to a Ray cluster as a Ray job and print the job id."""
-    pip = pinned_requirements(working_dir) if install_deps else None
+    pip = pinned_requirements(working_dir, faiss) if install_deps else None
     try:
         submit(
             config,

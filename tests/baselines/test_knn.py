@@ -51,3 +51,12 @@ def test_input_is_not_modified_and_bad_index_is_named():
     assert (x == before).all()
     with pytest.raises(ConfigError, match="knn.index='ivf'"):
         KNNClassifier(index="ivf").fit(x, torch.zeros(10, dtype=torch.long), 2)
+
+
+def test_two_faiss_builds_are_refused(monkeypatch):
+    import xlc.baselines as baselines
+    from xlc.errors import ConfigError
+
+    monkeypatch.setattr(baselines, "distribution", lambda name: name)  # every build "installed"
+    with pytest.raises(ConfigError, match=r"faiss-cpu and faiss-gpu-cu12 are installed.*'xlc\[cpu\]'"):
+        baselines.check_faiss_build()

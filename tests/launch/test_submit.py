@@ -82,6 +82,8 @@ def test_pinned_requirements_follow_constraints():
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     reqs = pinned_requirements(ROOT)
+    assert "faiss-gpu-cu12==" + pins["faiss-gpu-cu12"] in reqs and not any("faiss-cpu" in r for r in reqs)
+    assert "faiss-cpu==" + pins["faiss-cpu"] in pinned_requirements(ROOT, "cpu")
     names = {r.split("==")[0].split("[")[0].lower().replace("_", "-") for r in reqs}
     assert "ray" not in names  # the cluster runs Ray already; its version must match the client's
     assert "torch==2.13.0" in reqs and "mlflow==" + pins["mlflow"] in reqs

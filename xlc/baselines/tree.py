@@ -115,7 +115,7 @@ def spherical_split(emb: np.ndarray, k: int, seed: int) -> np.ndarray:
     if k >= n:
         return np.arange(n) % k
     km = faiss.Kmeans(d, k, niter=KMEANS_ITERS, spherical=True, seed=seed, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=1 << 20)
+                      gpu=faiss.get_num_gpus() > 0, min_points_per_centroid=1, max_points_per_centroid=1 << 20)
     km.train(np.ascontiguousarray(emb, dtype=np.float32))
     centroids = km.centroids
     for _ in range(BALANCE_ROUNDS):
