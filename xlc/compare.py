@@ -10,13 +10,14 @@ Compare config (YAML):
       - {name: plt, baseline: napkinxc, options: {model: PLT}}   # peer libraries (the `peers` extra):
       - {name: xr-linear, baseline: pecos, options: {nr_splits: 16}}  # napkinXC PLT/BR/OVR, PECOS XR-Linear
     reuse: true                      # read a method's finished run back from MLflow instead of training again
-Each method trains as run `<name>-<method>`; a summary run `<name>-summary` holds the table (markdown,
-CSV) and the comparison plots as artifacts.
+Each method trains as run `<name>-<method>`, nested under the compare's own run `<name>` (MLflow's
+`mlflow.parentRunId`), which holds the table (markdown, CSV) and the comparison plots as artifacts.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
 from pathlib import Path
@@ -161,7 +162,10 @@ def run_baseline(cfg: RunConfig, options: dict, uri: str) -> dict:
         options = peers.check_options(name, options)
         extra = {"library": f"{peers.LIBRARIES[name][1]}=={peers.library_version(name)}"}
     params = tracking.flatten({"baseline": name, "data": str(Path(cfg.data).resolve()), **extra, **options})
-    run_id, _ = tracking.start_run(uri, cfg.tracking.experiment, cfg.name, params, {"head": name, "git_commit": tracking.git_commit()})
+    run_id, resumed = tracking.start_run(uri, cfg.tracking.experiment, cfg.name, params, {"head": name},
+                                         parent_run_id=cfg.tracking.parent, description=f"{name} baseline on {cfg.data}")
+    if not resumed:
+        tracking.log_dataset(uri, run_id, cfg.data)
     common = dict(ks=cfg.eval.k, psp_a=cfg.eval.psp_a, psp_b=cfg.eval.psp_b, seed=cfg.train.seed)
     try:
         if name in peers.OPTIONS:
@@ -203,19 +207,29 @@ def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "x
     for _, _, baseline, _, previous in plan:  # a missing peer library fails now, not after hours of training
         if previous is None and baseline and baseline["baseline"] in peers.LIBRARIES:
             peers.require(baseline["baseline"])
+    # the compare's own run: every method run is nested under it, and it holds the table and the plots
+    parent_id, _ = tracking.start_run(uri, experiment, name, {"methods": ",".join(m for m, *_ in methods)},
+                                      {"kind": "compare"}, description=f"xlc compare {Path(path).name}: "
+                                      f"{len(methods)} methods on {plan[0][1].data}")
     runs = []
-    for method, cfg, baseline, uri, previous in plan:
-        if previous is not None:
-            metrics = {tracking.metric_name(k): v for k, v in previous.data.metrics.items()}
-            runs.append({"method": method, "run_id": previous.info.run_id, "metrics": metrics})
-            continue
-        if baseline:
-            result = run_baseline(cfg, baseline, uri)
-        else:
-            from xlc.train.trainer import train  # Ray and DeepSpeed: only when a method trains
+    try:
+        for method, cfg, baseline, uri, previous in plan:
+            if previous is not None:
+                tracking.RunLogger(uri, previous.info.run_id).tags({"mlflow.parentRunId": parent_id})
+                metrics = {tracking.metric_name(k): v for k, v in previous.data.metrics.items()}
+                runs.append({"method": method, "run_id": previous.info.run_id, "metrics": metrics})
+                continue
+            cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, parent=parent_id))
+            if baseline:
+                result = run_baseline(cfg, baseline, uri)
+            else:
+                from xlc.train.trainer import train  # Ray and DeepSpeed: only when a method trains
 
-            result = train(cfg)
-        runs.append({"method": method, "run_id": result["run_id"], "metrics": result["metrics"]})
+                result = train(cfg)
+            runs.append({"method": method, "run_id": result["run_id"], "metrics": result["metrics"]})
+    except BaseException:
+        tracking.end_run(uri, parent_id, failed=True)
+        raise
 
     md, table_csv = format_table(runs)
     out = Path(out_dir) / name
@@ -226,10 +240,8 @@ def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "x
     probes = time_to_accuracy(uri, runs)
     if probes:
         figures.append(plot_time_to_accuracy(probes, out / "time_to_accuracy.png"))
-    summary_id, _ = tracking.start_run(uri, experiment, f"{name}-summary", {"methods": ",".join(m for m, *_ in methods)},
-                                       {"kind": "compare-summary", "git_commit": tracking.git_commit()})
-    logger = tracking.RunLogger(uri, summary_id)
+    logger = tracking.RunLogger(uri, parent_id)
     for artifact in [out / "table.md", out / "table.csv", *figures]:
         logger.artifact(artifact)
-    tracking.end_run(uri, summary_id)
-    return {"experiment": experiment, "runs": runs, "table": md, "out_dir": str(out)}
+    tracking.end_run(uri, parent_id)
+    return {"experiment": experiment, "parent_run_id": parent_id, "runs": runs, "table": md, "out_dir": str(out)}

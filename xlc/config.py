@@ -66,6 +66,7 @@ class EvalConfig:
 class TrackingConfig:
     uri: str | None = None  # MLflow tracking URI; None: sqlite store under ./xlc-runs/
     experiment: str = "xlc"
+    parent: str | None = None  # MLflow parent run id (`xlc compare` nests its method runs under its own run)
 
 
 @dataclass

@@ -3,12 +3,22 @@
 With no tracking URI, runs go to a SQLite store `./xlc-runs/mlflow.db` with artifacts under
 `./xlc-runs/artifacts`. A run is identified by (experiment, run name): starting a run whose name
 already exists reuses that MLflow run, which is how `xlc train` resumes.
+
+Runs carry MLflow's own conventions, so its UI shows them as a training workflow: experiments are tagged
+`mlflow.experimentKind=custom_model_development` (MLflow 3 otherwise opens on its GenAI overview), runs
+get the standard source tags (`mlflow.source.git.commit`, `mlflow.source.name`, `mlflow.user`), a
+one-line description (`mlflow.note.content`), their dataset as an MLflow dataset input, and
+`mlflow.parentRunId` when a compare runs them.
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +26,7 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 RUNS_DIR = Path("xlc-runs")
@@ -41,12 +51,18 @@ def client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment `name`, created (as a model-training experiment) when missing."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return c.create_experiment(name, artifact_location=_artifact_root(uri))
+    if exp is None:
+        return c.create_experiment(name, artifact_location=_artifact_root(uri), tags=dict([EXPERIMENT_KIND]))
+    if EXPERIMENT_KIND[0] not in exp.tags:
+        c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -85,16 +101,55 @@ def find_run(uri: str, experiment: str, run_name: str):
     return runs[0] if runs else None
 
 
-def start_run(uri: str, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str]) -> tuple[str, bool]:
-    """Create the run named `run_name`, or reopen it: returns (run_id, resumed)."""
+def source_tags() -> dict[str, str]:
+    """MLflow's standard source tags for a run started by this process."""
+    return {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": " ".join(["xlc", *sys.argv[1:2]]),
+        "mlflow.source.git.commit": git_commit(),
+        "mlflow.user": getpass.getuser(),
+    }
+
+
+def start_run(uri: str, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str], *,
+              parent_run_id: str | None = None, description: str | None = None) -> tuple[str, bool]:
+    """Create the run named `run_name`, or reopen it: returns (run_id, resumed).
+
+    MLflow params are immutable, so a resumed run whose config changed keeps its first values and records
+    each change as a tag `changed_on_resume.KEY` = "old -> new" (new keys are logged as params).
+    """
     c = client(uri)
+    tags = {**source_tags(), **tags}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    if description:
+        tags["mlflow.note.content"] = description
     existing = find_run(uri, experiment, run_name)
     if existing is not None:
-        c.update_run(existing.info.run_id, status="RUNNING")
-        return existing.info.run_id, True
+        run_id, old = existing.info.run_id, existing.data.params
+        c.update_run(run_id, status="RUNNING")
+        changed = {f"changed_on_resume.{k}": f"{old[k]} -> {v}"[:MAX_PARAM_LENGTH]
+                   for k, v in params.items() if k in old and old[k] != v}
+        c.log_batch(run_id, params=[Param(k, v) for k, v in params.items() if k not in old],
+                    tags=[RunTag(k, v) for k, v in {**tags, **changed}.items()])
+        return run_id, True
     run = c.create_run(experiment_id(uri, experiment), run_name=run_name, tags=tags)
     c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     return run.info.run_id, False
+
+
+def log_dataset(uri: str, run_id: str, data_dir: str | Path, context: str = "training") -> None:
+    """The dataset directory as the run's MLflow dataset input: name, digest (of meta.json and the Parquet files'
+    names and sizes), source (its absolute path) and a profile (rows, labels)."""
+    directory = Path(data_dir).resolve()
+    meta = json.loads((directory / "meta.json").read_text())
+    h = hashlib.sha256((directory / "meta.json").read_bytes())
+    for path in sorted(directory.rglob("*.parquet")):
+        h.update(f"{path.relative_to(directory)}:{path.stat().st_size}".encode())
+    profile = {k: meta.get(k) for k in ("num_train", "num_test", "num_labels", "num_features", "multi_label")}
+    dataset = Dataset(name=meta.get("name", directory.name), digest=h.hexdigest()[:16], source_type="local",
+                      source=json.dumps({"uri": str(directory)}), profile=json.dumps(profile))
+    client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 
 def end_run(uri: str, run_id: str, failed: bool = False) -> None:
@@ -139,7 +194,9 @@ __all__ = [
     "find_run",
     "flatten",
     "git_commit",
+    "log_dataset",
     "metric_name",
     "resolve_uri",
+    "source_tags",
     "start_run",
 ]

@@ -72,10 +72,15 @@ def train(cfg: RunConfig) -> dict:
     meta = xdata.read_meta(cfg.data)  # fail fast, before Ray or MLflow start, on a bad dataset or option value
     check_model(cfg, meta)
     uri = tracking.resolve_uri(cfg.tracking.uri)
-    tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(cfg.workers), "git_commit": tracking.git_commit()}
+    tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(cfg.workers)}
+    description = (f"{cfg.head.name} head on a {cfg.backbone.name} backbone, {meta.name} "
+                   f"({meta.num_labels:,} labels), {cfg.workers} workers")
     run_id, resumed = tracking.start_run(
-        uri, cfg.tracking.experiment, cfg.name, tracking.flatten(cfg.to_dict()), tags
+        uri, cfg.tracking.experiment, cfg.name, tracking.flatten(cfg.to_dict()), tags,
+        parent_run_id=cfg.tracking.parent, description=description,
     )
+    if not resumed:
+        tracking.log_dataset(uri, run_id, cfg.data)
     logger = tracking.RunLogger(uri, run_id)
     logger.dict(cfg.to_dict(), "config.yaml")
 
