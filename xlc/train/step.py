@@ -78,7 +78,7 @@ class Step:
             groups.append({"params": list(head.parameters()), "lr": head_lr})
         self.engine = xengine.initialize(model, groups, ds_config, lr=lr, weight_decay=weight_decay)
         self.engine.enable_backward_allreduce = False  # `step` reduces explicitly, so the phases can be timed
-        self.head_opt = (torch.optim.AdamW(head.parameters(), lr=head_lr, weight_decay=weight_decay)
+        self.head_opt = (xengine.adamw(head.parameters(), lr=head_lr, weight_decay=weight_decay)
                          if self.sharded else None)
         self.sparse_opt = torch.optim.SparseAdam(tables, lr=lr) if tables else None
         if tables:  # DeepSpeed rebuilds the reduced gradients as COO tensors; their invariants hold by construction
