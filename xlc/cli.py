@@ -179,6 +179,14 @@ def bench_ann(ctx: typer.Context) -> None:
     bench_main(list(ctx.args))
 
 
+@bench_app.command("gpu-check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_gpu_check(ctx: typer.Context) -> None:
+    """Heads and fused linear-CE peers at 10^6-10^7 labels on one GPU, one markdown report (--cpu: tiny CI mode)."""
+    from xlc.bench.gpu_check import main as bench_main
+
+    bench_main(list(ctx.args))
+
+
 def _register_plugins() -> None:
     """Commands of the sibling packages, declared as entry points in pyproject.toml (`xlc.commands`: `data`
     from data_tools, `submit` from launch; `xlc.bench`: `data`), so that xlc itself imports neither of them

@@ -10,7 +10,14 @@ Per head x label count, on random features and single-label targets:
   process's peak RSS (`VmHWM`, reset through `/proc/self/clear_refs` after `malloc_trim`); None where that
   file cannot be written. RSS counts touched pages, so it can differ a little from the allocator's count.
 - combos whose weights + gradients (+ B x C logits for heads that materialise them) exceed `memory_cap_bytes`
-  are reported as skipped instead of run.
+  are reported as skipped instead of run; so is a combo that runs out of memory anyway.
+- `grad_bytes`: the gradients the step leaves (weights, plus the features with `features_grad`); the peak
+  includes them, so `peak_mem_bytes - grad_bytes` is the step's transient memory (logit chunks, temporaries).
+
+`param_dtype` casts the head's parameters (built in fp32, on the device) before the steps, as a bf16
+training run holds them; by default they stay fp32 and only the features are cast to `dtype`.
+`features_grad` makes the features a leaf that needs a gradient, as the output of a backbone does, so the
+step also computes dL/dx (the 6 B d C flops of a linear head instead of 4).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn, device: torch.device, repeats: int) -> float:
+def _median_ms(fn, device: torch.device, repeats: int, budget_s: float | None = None) -> float:
+    """Median of `repeats` timed calls; with `budget_s`, fewer once the calls so far have taken that long."""
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -47,6 +55,8 @@ def _median_ms(fn, device: torch.device, repeats: int) -> float:
         fn()
         _sync(device)
         times.append((time.perf_counter() - start) * 1e3)
+        if budget_s is not None and sum(times) >= budget_s * 1e3:
+            break
     return statistics.median(times)
 
 
@@ -92,6 +102,50 @@ def _meta_params(name: str, num_labels: int, dim: int, options: dict) -> int | N
     return sum(p.numel() for p in head.parameters())
 
 
+def build_on(name: str, num_labels: int, dim: int, options: dict, device: torch.device, param_dtype=None) -> torch.nn.Module:
+    """`build_head` with the parameters drawn on `device` (on a GPU, 10^7 x 768 weights drawn on the CPU and
+    copied take minutes), then cast to `param_dtype`. A head that seeds a CPU generator for its initial
+    weights (`sharded_softmax`) cannot draw them on a GPU: it is built on the meta device and its
+    parameters drawn there from nn.Linear's distribution, U(+-1/sqrt(fan_in)); biases start at 0. One that
+    also holds seeded buffers (`etf`'s simplex) is built on the CPU and moved, as before."""
+    try:
+        with torch.device(device):
+            head = build_head(name, num_labels, dim, **options)
+    except RuntimeError as e:  # "Expected a 'cuda' device type for generator"
+        if device.type == "cpu" or isinstance(e, torch.OutOfMemoryError):
+            raise
+        with torch.device("meta"):
+            head = build_head(name, num_labels, dim, **options)
+        if list(head.buffers()):
+            head = build_head(name, num_labels, dim, **options).to(device)
+        else:
+            head = head.to_empty(device=device)
+            with torch.no_grad():
+                for p in head.parameters():
+                    p.uniform_(-p.shape[-1] ** -0.5, p.shape[-1] ** -0.5) if p.dim() > 1 else p.zero_()
+    return head if param_dtype is None else head.to(param_dtype)
+
+
+def time_step(
+    step: Callable[[], None], clear: Callable[[], None], device: torch.device, repeats: int, budget_s: float | None = None
+) -> tuple[float, int | None]:
+    """(median ms of `clear(); step()`, peak memory growth over the timed calls) after an untimed warm-up.
+
+    `clear` sets the gradients `step` leaves to None, so each call allocates them anew and the peak counts
+    them. The warm-up keeps one-time allocations (autograd engine, kernel choice, Triton autotuning) out of
+    both figures. The last call's gradients are left in place, for the caller to measure."""
+    step()
+    clear()
+    with PeakMemory(device) as mem:
+        step_ms = _median_ms(lambda: (clear(), step()), device, repeats, budget_s)
+    return step_ms, mem.peak
+
+
+def grad_nbytes(tensors) -> int:
+    """Bytes of the gradients held by `tensors`."""
+    return sum(t.grad.numel() * t.grad.element_size() for t in tensors if t.grad is not None)
+
+
 def default_memory_cap(device: torch.device) -> int:
     if device.type == "cuda":
         return int(0.9 * torch.cuda.get_device_properties(device).total_memory)
@@ -100,36 +154,46 @@ def default_memory_cap(device: torch.device) -> int:
     return int(0.8 * available_kib * 1024)
 
 
-def _bench_one(name, num_labels, batch, dim, device, dtype, repeats, k, options, cap) -> dict:
+def bench_one(
+    name, num_labels, batch, dim, device, dtype, repeats, k, options, cap, *,
+    param_dtype=None, features_grad=False, budget_s=None,
+) -> dict:
+    """One row of `run` (see the module docstring)."""
     row = {"head": name, "labels": num_labels, "batch": batch, "dim": dim, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+    empty = {"params": None, "step_ms": None, "topk_ms": None, "peak_mem_bytes": None, "grad_bytes": None}
     try:
         params = _meta_params(name, num_labels, dim, options)
     except ConfigError as e:  # options that do not fit this label count (e.g. num_groups > labels): skip the combo
-        return row | {"params": None, "step_ms": None, "topk_ms": None, "peak_mem_bytes": None, "skipped": str(e)}
-    need = 2 * 4 * (params or 0)  # fp32 weights + their gradients
+        return row | empty | {"skipped": str(e)}
+    # fp32 weights as built + their gradient (fp32) or their cast copy (param_dtype; more than its gradient)
+    need = (4 + (4 if param_dtype is None else param_dtype.itemsize)) * (params or 0)
     if name in MATERIALISES_LOGITS:
         need += 3 * 4 * batch * num_labels  # fp32 logits, softmax and dL/dz
     if need > cap:
         skipped = f"would materialise {need / 2**30:.2f} GiB (cap {cap / 2**30:.2f} GiB)"
-        return row | {"params": params, "step_ms": None, "topk_ms": None, "peak_mem_bytes": None, "skipped": skipped}
-    torch.manual_seed(0)
-    head = build_head(name, num_labels, dim, **options).to(device)
-    x = torch.randn(batch, dim, device=device).to(dtype)  # [B, d]
-    y = torch.randint(num_labels, (batch,), device=device)  # [B]
+        return row | empty | {"params": params, "skipped": skipped}
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the previous combo's cached blocks would fragment a 10^7-label weight
+    try:
+        torch.manual_seed(0)
+        head = build_on(name, num_labels, dim, options, device, param_dtype)
+        x = torch.randn(batch, dim, device=device).to(dtype).requires_grad_(features_grad)  # [B, d]
+        y = torch.randint(num_labels, (batch,), device=device)  # [B]
 
-    def step():
-        head.zero_grad(set_to_none=True)
-        head.loss(x, y).backward()
+        def clear():
+            head.zero_grad(set_to_none=True)
+            x.grad = None
 
-    step()  # warm-up: one-time allocations (autograd engine, kernel selection) stay out of the peak
-    head.zero_grad(set_to_none=True)
-    with PeakMemory(device) as mem:
-        step_ms = _median_ms(step, device, repeats)
-    with torch.no_grad():
-        head.topk(x, k)
-        topk_ms = _median_ms(lambda: head.topk(x, k), device, repeats)
+        step_ms, peak = time_step(lambda: head.loss(x, y).backward(), clear, device, repeats, budget_s)
+        grad_bytes = grad_nbytes([x, *head.parameters()])
+        clear()
+        with torch.no_grad():
+            head.topk(x, k)
+            topk_ms = _median_ms(lambda: head.topk(x, k), device, repeats, budget_s)
+    except torch.OutOfMemoryError as e:
+        return row | empty | {"params": params, "skipped": f"out of memory ({str(e).splitlines()[0][:120]})"}
     params = sum(p.numel() for p in head.parameters())
-    return row | {"params": params, "step_ms": step_ms, "topk_ms": topk_ms, "peak_mem_bytes": mem.peak, "skipped": None}
+    return row | {"params": params, "step_ms": step_ms, "topk_ms": topk_ms, "peak_mem_bytes": peak, "grad_bytes": grad_bytes, "skipped": None}
 
 
 def run(
@@ -161,7 +225,7 @@ def run(
     rows = []
     for c in label_counts:
         for name in heads:
-            rows.append(_bench_one(name, c, batch, dim, dev, DTYPES[dtype], repeats, k, options.get(name, {}), cap))
+            rows.append(bench_one(name, c, batch, dim, dev, DTYPES[dtype], repeats, k, options.get(name, {}), cap))
             if progress:
                 progress(rows[-1])
     return rows
