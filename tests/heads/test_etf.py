@@ -10,7 +10,7 @@ from xlc.errors import ConfigError
 from xlc.heads.etf import ETFHead, simplex_etf
 
 
-@pytest.mark.parametrize("dim,k", [(5, 5), (16, 7), (64, 2)])
+@pytest.mark.parametrize("dim,k", [(5, 5), (16, 7), (64, 2), (8, 9)])  # k = dim + 1: the largest simplex
 def test_simplex_etf_gram(dim, k):
     m = simplex_etf(dim, k, seed=3).double()  # [d, K]
     expected = torch.full((k, k), -1.0 / (k - 1), dtype=torch.float64)
@@ -18,6 +18,18 @@ def test_simplex_etf_gram(dim, k):
     assert_close(m.T @ m, expected, atol=1e-6, rtol=0)
     assert torch.equal(simplex_etf(dim, k, seed=3), simplex_etf(dim, k, seed=3))
     assert not torch.equal(simplex_etf(dim, k, seed=3), simplex_etf(dim, k, seed=4))
+
+
+def test_head_at_c_equal_d_plus_one_has_the_simplex_gram():
+    """C = d + 1 classes fit (a simplex ETF spans C - 1 dims); the fixed classifier's Gram is
+    (C/(C-1)) (I - 11^T/C): ones on the diagonal, -1/(C-1) off it; C = d + 2 is refused."""
+    head = ETFHead(9, 8).double()
+    expected = torch.full((9, 9), -1.0 / 8, dtype=torch.float64).fill_diagonal_(1.0)
+    assert_close(head.etf.double().T @ head.etf.double(), expected, atol=1e-6, rtol=0)
+    scores, labels = head.topk(torch.randn(3, 8, dtype=torch.float64), 9)
+    assert all(len(set(row)) == 9 for row in labels.tolist())
+    with pytest.raises(ConfigError, match="num_labels=10 > in_dim \\+ 1=9"):
+        ETFHead(10, 8)
 
 
 def test_etf_is_a_buffer_not_a_parameter():

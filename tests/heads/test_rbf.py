@@ -66,7 +66,7 @@ def test_topk_is_the_nearest_prototypes():
 
 def test_defaults_and_user_errors():
     head = build_head("rbf", 10, 4)
-    assert (head.scale, head.gamma) == (35.0, 16.0)
+    assert (head.scale, head.gamma) == (35.0, 8.0)  # gamma = 2 * in_dim
     with pytest.raises(ConfigError, match="head.gamma=0"):
         build_head("rbf", 10, 4, gamma=0)
     with pytest.raises(ConfigError, match="head.bias"):
@@ -87,3 +87,17 @@ def test_training_separates_classes():
     x, y = separable()
     torch.manual_seed(0)
     assert fit_top1(build_head("rbf", 16, 8, chunk=5), x, y) > 0.97
+
+
+def test_default_gamma_trains_on_layernorm_features():
+    """512-d LayerNorm features (||x - w||^2 ~ 512 at init): with gamma = 16 every logit is s * e^-32 ~ 1e-13
+    and nothing moves; the default gamma = 2 * in_dim starts near s * e^-1/2 and separates 10 classes in 60 steps."""
+    torch.manual_seed(0)
+    num_labels, dim = 10, 512
+    y = torch.arange(num_labels).repeat(20)  # [200]
+    x = torch.nn.functional.layer_norm(torch.randn(num_labels, dim)[y] + 0.5 * torch.randn(len(y), dim), (dim,))
+    paper = build_head("rbf", num_labels, dim, gamma=16.0)
+    assert paper.topk(x, 1)[0].max() < 1e-10  # the vanishing start the default avoids
+    head = build_head("rbf", num_labels, dim)
+    assert head.topk(x, 1)[0].min() > 1.0
+    assert fit_top1(head, x, y, steps=60, lr=0.05) > 0.95

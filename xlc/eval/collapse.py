@@ -2,8 +2,10 @@
 
 Conventions (algorithms.md §4-5), all in float64 on training features:
 - Only multiplicity-1 rows (exactly one distinct label) enter the class statistics; classes never seen are
-  left out, so C below is the number of seen classes. mu_G is the mean of those rows' features (not the
-  mean of class means). M~ = [mu_c - mu_G] (centred means).
+  left out, so C below is the number of seen classes. mu_G (`global_mean`): "class_means" (default) is the
+  mean of the class means, (1/C) sum_c mu_c, so an exactly collapsed simplex ETF scores 0 whatever the
+  class counts; "samples" is the mean of the rows' features, sum_c n_c mu_c / N (Papyan et al.'s mu_G,
+  equal to the former only for balanced classes). M~ = [mu_c - mu_G] (centred means).
 - Sigma_W = (1/N) sum_i (h_i - mu_c)(h_i - mu_c)^T, streamed as (sum_i h_i h_i^T - sum_c n_c mu_c mu_c^T) / N
   (fine in float64 unless the within-class spread is below ~1e-7 of the feature norm).
 - NC1 = (1/C) Tr(Sigma_W Sigma_B^+): Sigma_B^+ keeps the top min(C-1, d) eigenpairs of Sigma_B, minus any
@@ -13,11 +15,12 @@ Conventions (algorithms.md §4-5), all in float64 on training features:
   G = M~^T M~ (centred means) and G = W W^T. Cosine statistics use all pairs when C <= `max_pairs_classes`,
   else `num_pairs` class pairs drawn with `seed` (the Zhu forms then use the same sampled entries).
 - NC3 = || W^T/||W||_F - M~/||M~||_F ||_F^2.
-- NC4 = fraction of rows where argmax_c (w_c.h + b_c) != argmin_c ||h - mu_c|| (`ncc_mismatch`, a second
-  pass over any feature stream, chunked over classes).
-- Tag-wise angle (multi-label): for each two-label set {a, b}, the angle between its centred mean and
-  mu~_a + mu~_b, averaged, divided by the mean angle between the set's mean and mu~_x + mu~_y over all
-  (sampled) class pairs {x, y}; it goes to 0 when label-set means are averages of their labels' means.
+- NC4 = fraction of rows where argmax_c (w_c.h + b_c) != argmin_c ||h - mu_c|| (argmax over all classes of
+  `weight`, argmin over the seen means). `compute(weight, bias)` reports it on a uniform sample of up to
+  `nc4_rows` multiplicity-1 rows kept while streaming (this process's rows; the class means are whatever
+  `load_state` gave, e.g. all-reduced; cost nc4_rows x C x d); `ncc_mismatch` does it exactly on a second
+  pass over any stream.
+- Tag-wise statistics (multi-label, label sets of any size >= 2, with the scale alpha_|S|): `tagwise`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from __future__ import annotations
 import torch
 
 from xlc.errors import ConfigError
+from xlc.eval.tagwise import LabelSetTable
+
+GLOBAL_MEANS = ("class_means", "samples")
 
 
 def _targets_2d(labels: torch.Tensor) -> torch.Tensor:
@@ -35,19 +41,24 @@ def _targets_2d(labels: torch.Tensor) -> torch.Tensor:
 class NCAccumulator:
     """Streams per-class feature sums over training batches; `compute()` returns the NC metrics as floats.
 
-    `update(features [B, d], labels [B] or [B, M] padded with -1)`; rows with two distinct labels also feed
-    the tag-wise statistic (at most `max_label_sets` distinct pairs are tracked). `state()`/`load_state()`
-    give the raw float64 sums in a fixed layout so ranks can all-reduce them (except the pair table).
+    `update(features [B, d], labels [B] or [B, M] padded with -1)`; rows with >= 2 distinct labels feed the
+    tag-wise statistics (at most `max_label_sets` distinct sets are tracked), and a seeded uniform sample of
+    `nc4_rows` single-label rows is kept for NC4. `state()`/`load_state()` give the raw float64 sums in a
+    fixed layout so ranks can all-reduce them (not the set table nor the NC4 sample, which stay local).
     """
 
-    def __init__(self, num_classes: int, dim: int, *, max_label_sets: int = 4096):
-        self.num_classes, self.dim, self.max_label_sets = num_classes, dim, max_label_sets
+    def __init__(self, num_classes: int, dim: int, *, global_mean: str = "class_means", max_label_sets: int = 4096,
+                 nc4_rows: int = 1024, seed: int = 0):
+        if global_mean not in GLOBAL_MEANS:
+            raise ConfigError(f"global_mean={global_mean!r}: expected one of {', '.join(GLOBAL_MEANS)}")
+        self.num_classes, self.dim, self.global_mean, self.nc4_rows = num_classes, dim, global_mean, nc4_rows
         self.sums = torch.zeros(num_classes, dim, dtype=torch.float64)  # [C, d]
         self.counts = torch.zeros(num_classes, dtype=torch.float64)  # [C]
         self.second = torch.zeros(dim, dim, dtype=torch.float64)  # [d, d] sum of h h^T over m=1 rows
-        self.pair_keys = torch.zeros(0, dtype=torch.long)  # [P] sorted a * C + b with a < b
-        self.pair_sums = torch.zeros(0, dim, dtype=torch.float64)  # [P, d]
-        self.pair_counts = torch.zeros(0, dtype=torch.float64)  # [P]
+        self.sets = LabelSetTable(num_classes, dim, max_label_sets)
+        self.kept = torch.zeros(0, dim, dtype=torch.float64)  # [<=R, d] the NC4 sample
+        self.kept_priority = torch.zeros(0, dtype=torch.float64)  # [<=R] uniform keys: the R smallest are kept
+        self._gen = torch.Generator().manual_seed(seed)
 
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         h = features.detach().to(torch.float64)  # [B, d]
@@ -66,25 +77,14 @@ class NCAccumulator:
         self.sums.index_add_(0, c1, h1)
         self.counts.index_add_(0, c1, torch.ones(len(c1), dtype=torch.float64))
         self.second += h1.T @ h1
-        two = (mult == 2).cpu()
-        if two.any():
-            pairs = torch.where(distinct, srt, torch.full_like(srt, -1))[two.to(srt.device)].sort(1).values[:, -2:].cpu()
-            self._add_pairs(pairs[:, 0] * self.num_classes + pairs[:, 1], h[two.to(h.device)].cpu())
-
-    def _add_pairs(self, keys: torch.Tensor, h: torch.Tensor) -> None:
-        merged = torch.unique(torch.cat([self.pair_keys, keys]))  # sorted
-        if len(merged) > self.max_label_sets:  # keep the sets already tracked, then the smallest new keys
-            new = merged[~torch.isin(merged, self.pair_keys)][: self.max_label_sets - len(self.pair_keys)]
-            merged = torch.unique(torch.cat([self.pair_keys, new]))
-        sums = torch.zeros(len(merged), self.dim, dtype=torch.float64)
-        counts = torch.zeros(len(merged), dtype=torch.float64)
-        old = torch.searchsorted(merged, self.pair_keys)
-        sums[old], counts[old] = self.pair_sums, self.pair_counts
-        pos = torch.searchsorted(merged, keys).clamp(max=len(merged) - 1)
-        keep = merged[pos] == keys
-        sums.index_add_(0, pos[keep], h[keep])
-        counts.index_add_(0, pos[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
-        self.pair_keys, self.pair_sums, self.pair_counts = merged, sums, counts
+        if self.nc4_rows > 0:  # bottom-R of uniform keys: a uniform sample without replacement of the stream
+            priority = torch.cat([self.kept_priority, torch.rand(len(h1), generator=self._gen, dtype=torch.float64)])
+            order = priority.argsort()[: self.nc4_rows]
+            self.kept, self.kept_priority = torch.cat([self.kept, h1])[order], priority[order]
+        many = (mult >= 2).cpu()
+        if many.any():  # each row's distinct labels ascending, padded with num_classes
+            sets = torch.where(distinct, srt, self.num_classes).sort(1).values[many.to(srt.device)].cpu()
+            self.sets.add(sets[:, : int(mult.max())], h[many.to(h.device)].cpu())
 
     def state(self) -> torch.Tensor:
         return torch.cat([self.sums.reshape(-1), self.counts, self.second.reshape(-1)])
@@ -103,15 +103,16 @@ class NCAccumulator:
         seen = torch.nonzero(self.counts > 0).squeeze(1)  # [C']
         return seen, self.sums[seen] / self.counts[seen, None]
 
-    def compute(self, weight: torch.Tensor | None = None, *, rcond: float = 1e-10, num_pairs: int = 200_000,
-                max_pairs_classes: int = 2048, seed: int = 0) -> dict[str, float]:
-        """NC1, NC2 (features, and the classifier when `weight` [num_classes, d] is given), NC3, tag-wise angle."""
+    def compute(self, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, *, rcond: float = 1e-10,
+                num_pairs: int = 200_000, max_pairs_classes: int = 2048, seed: int = 0) -> dict[str, float]:
+        """NC1, NC2 (features, and the classifier when `weight` [num_classes, d] is given), NC3 and NC4 (with
+        `weight`, optional `bias` [num_classes]), tag-wise statistics (when label sets were seen)."""
         seen, mu = self.class_means()
         c = len(seen)
         if c < 2:
             raise ConfigError(f"NC metrics need at least 2 classes with single-label rows; got {c}")
         n = self.counts.sum()
-        mu_g = self.sums.sum(0) / n  # [d]
+        mu_g = mu.mean(0) if self.global_mean == "class_means" else self.sums.sum(0) / n  # [d]
         m = mu - mu_g  # [C, d] centred means (rows of M~^T)
         sigma_w = (self.second - (self.sums[seen].T / self.counts[seen]) @ self.sums[seen]) / n  # [d, d]
         sigma_b = m.T @ m / c  # [d, d]
@@ -129,30 +130,13 @@ class NCAccumulator:
             w = torch.as_tensor(weight).detach().to(torch.float64).cpu()[seen]  # [C, d]
             out.update(_nc2(w, i, j, c, "w"))
             out["nc3"] = float((w / w.norm() - m / m.norm()).pow(2).sum())
-        if len(self.pair_keys) and (self.pair_counts > 0).any():
-            out["tagwise_angle"] = self._tagwise_angle(mu_g, seen, g, num_pairs)
+            if len(self.kept):
+                full = torch.as_tensor(weight).detach().to(torch.float64).cpu()  # [num_classes, d]
+                b = None if bias is None else torch.as_tensor(bias).detach().to(torch.float64).cpu()
+                out["nc4"] = _mismatches(self.kept, full, b, mu, seen, 65536) / len(self.kept)
+        if len(self.sets.keys):
+            out.update(self.sets.metrics(m, seen, mu_g, g, num_pairs))
         return out
-
-    def _tagwise_angle(self, mu_g, seen, g, num_pairs) -> float:
-        full = torch.full((self.num_classes,), -1, dtype=torch.long)
-        full[seen] = torch.arange(len(seen))
-        a, b = self.pair_keys // self.num_classes, self.pair_keys % self.num_classes
-        ok = (self.pair_counts > 0) & (full[a] >= 0) & (full[b] >= 0)
-        _, mu = self.class_means()
-        m = mu - mu_g  # [C, d]
-        s = self.pair_sums[ok] / self.pair_counts[ok, None] - mu_g  # [P, d] centred label-set means
-        matched = _angle(s, m[full[a[ok]]] + m[full[b[ok]]]).mean()
-        # all (pair {x, y}, set S) combinations, sampled: random x != y per draw, random S per draw
-        draws = min(num_pairs, len(s) * len(seen) * (len(seen) - 1) // 2)
-        x = torch.randint(len(seen), (draws,), generator=g)
-        y = (x + torch.randint(1, len(seen), (draws,), generator=g)) % len(seen)
-        si = torch.randint(len(s), (draws,), generator=g)
-        return float(matched / _angle(s[si], m[x] + m[y]).mean())
-
-
-def _angle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    cos = (u * v).sum(-1) / (u.norm(dim=-1) * v.norm(dim=-1)).clamp(min=1e-300)
-    return torch.arccos(cos.clamp(-1.0, 1.0))
 
 
 def _class_pairs(c: int, num_pairs: int, max_classes: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,12 +185,17 @@ def ncc_mismatch(feature_batches, means: torch.Tensor, weight: torch.Tensor, bia
     wrong = total = 0
     for h in feature_batches:
         h = torch.as_tensor(h).detach().to(torch.float64).cpu()  # [B, d]
-        cls = _chunked_argmax(h, weight, bias, chunk)
-        # argmin ||h - mu||^2 = argmax (2 h.mu - ||mu||^2)
-        ncc = _chunked_argmax(2 * h, means, -means.pow(2).sum(1), chunk)
-        wrong += int((cls != ncc).sum())
+        wrong += _mismatches(h, weight, bias, means, None, chunk)
         total += len(h)
     return wrong / max(total, 1)
+
+
+def _mismatches(h, weight, bias, means, mean_classes, chunk) -> int:
+    """Rows of h `[B, d]` whose classifier argmax differs from the nearest mean's class (`mean_classes[i]`
+    for mean i, or i itself when None)."""
+    cls = _chunked_argmax(h, weight, bias, chunk)  # [B]
+    ncc = _chunked_argmax(2 * h, means, -means.pow(2).sum(1), chunk)  # argmin ||h - mu||^2 = argmax 2h.mu - ||mu||^2
+    return int((cls != (ncc if mean_classes is None else mean_classes[ncc])).sum())
 
 
 def _chunked_argmax(h, weight, bias, chunk) -> torch.Tensor:

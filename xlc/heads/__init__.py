@@ -31,6 +31,7 @@ import torch
 from xlc.errors import ConfigError
 from xlc.heads.bce import BCEHead
 from xlc.heads.etf import ETFHead
+from xlc.heads.lowrank import LowRankHead
 from xlc.heads.mhc import MHCHead
 from xlc.heads.mhc_sharded import MHCShardedHead
 from xlc.heads.mhp import MHPHead
@@ -93,6 +94,7 @@ HEADS: dict[str, type[torch.nn.Module]] = {
     "etf": ETFHead,
     "rbf": RBFHead,
     "tree": TreeHead,
+    "lowrank": LowRankHead,
 }
 
 

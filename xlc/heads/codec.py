@@ -126,20 +126,25 @@ def contiguous_groups(num_labels: int, num_groups: int | None = None, group_size
 
 
 def positive_pairs(
-    targets: torch.Tensor, num_labels: int, batch: int, reduction: str = "pal_mean"
+    targets: torch.Tensor, num_labels: int, batch: int, reduction: str = "pal_mean", dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validated targets `[B]` / `[B, M]` (-1 padded) -> (rows [N], labels [N], weights [N]), one per positive.
 
     Duplicates within a row count once. Weights implement the PAL reduction over a row's positives S:
     `pal_sum` weighs each 1, `pal_mean` 1/|S|, so a head's loss is `sum_n weight_n * loss_n / B`.
+    Weights are computed in `dtype` (default: torch's default dtype).
     """
+    dtype = dtype or torch.get_default_dtype()
     check_choice("multi_label_loss", reduction, PAL_REDUCTIONS)
     validate_targets(targets, num_labels, batch)
     t = unique_targets(targets)  # [B, M]
     positive = t >= 0  # [B, M]
     rows, cols = positive.nonzero(as_tuple=True)  # [N]
     count = positive.sum(1)  # [B] |S|
-    weights = 1.0 / count[rows] if reduction == "pal_mean" else torch.ones(rows.shape[0], device=t.device)  # [N]
+    if reduction == "pal_mean":
+        weights = 1.0 / count[rows].to(dtype)  # [N]
+    else:
+        weights = torch.ones(rows.shape[0], dtype=dtype, device=t.device)  # [N]
     return rows, t[rows, cols], weights
 
 

@@ -15,16 +15,19 @@ from xlc.heads.codec import positive_pairs
 
 
 def simplex_etf(dim: int, num_classes: int, seed: int = 0) -> torch.Tensor:
-    """`M = sqrt(K/(K-1)) U (I - 11^T/K)` `[dim, K]`: unit columns with pairwise dot -1/(K-1).
+    """`M = sqrt(K/(K-1)) U V^T` `[dim, K]`: unit columns with pairwise dot -1/(K-1); needs dim >= K - 1.
 
-    U `[dim, K]` has orthonormal columns from the QR of a seeded uniform matrix, so dim >= K is needed.
+    V `[K, K-1]` is an orthonormal basis of the complement of 1 (V V^T = I - 11^T/K), so the K columns
+    live in a (K-1)-dim subspace: a simplex ETF exists up to K = dim + 1. U `[dim, K-1]` has orthonormal
+    columns from the QR of a seeded uniform matrix (the paper's random rotation). M^T M = K/(K-1) (I - 11^T/K).
     """
-    if num_classes < 2 or dim < num_classes:
-        raise ConfigError(f"simplex ETF of {num_classes} classes in {dim} dims: needs 2 <= classes <= dims")
+    if num_classes < 2 or dim < num_classes - 1:
+        raise ConfigError(f"simplex ETF of {num_classes} classes in {dim} dims: needs 2 <= classes <= dims + 1")
     gen = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.rand(dim, num_classes, generator=gen, dtype=torch.float64))  # [d, K]
-    centre = torch.eye(num_classes, dtype=torch.float64) - 1.0 / num_classes  # [K, K]
-    return (math.sqrt(num_classes / (num_classes - 1)) * u @ centre).to(torch.get_default_dtype())  # [d, K]
+    u, _ = torch.linalg.qr(torch.rand(dim, num_classes - 1, generator=gen, dtype=torch.float64))  # [d, K-1]
+    centre = torch.eye(num_classes, dtype=torch.float64) - 1.0 / num_classes  # [K, K], rank K-1
+    v, _ = torch.linalg.qr(centre[:, :-1])  # [K, K-1] spans the same column space as `centre`
+    return (math.sqrt(num_classes / (num_classes - 1)) * u @ v.T).to(torch.get_default_dtype())  # [d, K]
 
 
 def dot_regression(
@@ -51,8 +54,8 @@ class ETFHead(nn.Module):
 
     loss = dot regression `0.5 mean_i (h_i.w_yi - ||w_yi|| ||h_i||)^2 / ||h_i||`, `w_k = sqrt(gamma/n_k) m_k`
     per batch (`reweight`); multi-label rows sum / average (`multi_label_loss`) one term per positive.
-    `topk` ranks `h^T M` exactly. Needs C <= in_dim; beyond that use `mhp` with `etf=True` (one ETF per
-    head). Paper: https://arxiv.org/abs/2203.09081
+    `topk` ranks `h^T M` exactly. Needs C <= in_dim + 1 (a simplex ETF spans C - 1 dims); beyond that use
+    `mhp` with `etf=True` (one ETF per head). Paper: https://arxiv.org/abs/2203.09081
     """
 
     def __init__(
@@ -60,9 +63,9 @@ class ETFHead(nn.Module):
     ):
         super().__init__()
         check_choice("multi_label_loss", multi_label_loss, PAL_REDUCTIONS)
-        if num_labels > in_dim:
+        if num_labels > in_dim + 1:
             raise ConfigError(
-                f"head etf: num_labels={num_labels} > in_dim={in_dim}, and a simplex ETF needs in_dim >= num_labels; "
+                f"head etf: num_labels={num_labels} > in_dim + 1={in_dim + 1}, the most classes a simplex ETF holds; "
                 "use head.name=mhp with etf=true (one ETF per head of size <= its feature dim)"
             )
         self.num_labels, self.in_dim = num_labels, in_dim
@@ -81,7 +84,7 @@ class ETFHead(nn.Module):
     @torch.no_grad()
     def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         check_k(k, self.num_labels)
-        return topk_lowest_index(self.embed(features) @ self.etf, k)  # C <= d, so [B, C] is small
+        return topk_lowest_index(self.embed(features) @ self.etf, k)  # C <= d + 1, so [B, C] is small
 
 
 __all__ = ["ETFHead", "dot_regression", "simplex_etf"]

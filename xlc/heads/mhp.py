@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from xlc.errors import ConfigError
 from xlc.heads._chunked import chunk_ranges, topk_lowest_index, update_running_topk
-from xlc.heads._targets import PAL_REDUCTIONS, check_choice, check_k
+from xlc.heads._targets import PAL_REDUCTIONS, check_choice, check_k, unique_targets
 from xlc.heads.codec import MixedRadix, positive_pairs
 from xlc.heads.etf import dot_regression, simplex_etf
+from xlc.heads.mhp_cp import cp_loss, cp_topk
 
 LOSSES = ("ce", "joint", "bce", "dr")
+RANK_FORMS = ("mixture", "cp")
+MULTI_LABEL_WARNING = (
+    "head mhp with loss={loss!r}, rank_form={form!r} on multi-label targets: each positive is scored as a "
+    "product of per-head distributions, which cannot hold several labels without their digit cross-products; "
+    "heads that fit multi-label data: mhc (cascade, BCE) or bce (or mhp with loss='bce' or rank_form='cp')"
+)
 # Scores one top-k block may hold (beam candidates or exhaustive chunk), plus as many int64 codes: ~100 MB.
 BLOCK_ELEMENTS = 2**23
 
@@ -20,13 +29,18 @@ BLOCK_ELEMENTS = 2**23
 class MHPHead(nn.Module):
     """One linear layer `in_dim -> G * sum_h L_h` gives logits O_g^h; label y has digits y_h (`codec`).
 
-    Score (rank G, a non-negative CP tensor): p(y) ∝ sum_g prod_h exp(O_g^h[y_h]) over all prod L_h codes,
+    rank_form "mixture" (default; a mixture of G products of per-head softmaxes, i.e. a non-negative CP
+    decomposition of the probability tensor): p(y) ∝ sum_g prod_h exp(O_g^h[y_h]) over all prod L_h codes,
     i.e. log p(y) = logsumexp_g(log pi_g + sum_h log_softmax(O_g^h)[y_h]), pi = softmax_g(sum_h lse(O_g^h));
-    G = 1 is MHP: sum_h log_softmax(O^h)[y_h]. loss: "ce" = -log p(y) (G=1: per-head CE summed),
+    G = 1 is MHP: sum_h log_softmax(O^h)[y_h]. rank_form "cp" (the paper's Eq. 16, loss "ce" only): one
+    softmax over the CP logit tensor z(y) = sum_g prod_h O_g^h[y_h], chunked over codes (`mhp_cp`).
+    loss: "ce" = -log p(y) (G=1 mixture: per-head CE summed),
     "joint" = one log-softmax over the concatenated heads (ImageNet code), "bce" = sigmoid BCE over them
     (CIFAR code), "dr" (etf=True) = per-head fixed ETF on BN + L2-normalised per-head features, dot regression.
     Multi-label: one code per positive label, each term above per positive, PAL-reduced (`multi_label_loss`).
-    topk is exact (beam + threshold search over codes < num_labels). https://arxiv.org/abs/2412.10182
+    The per-positive product losses do not fit label sets: a UserWarning names mhc / bce (at construction
+    with multi_label=True, else at the first multi-label batch). topk is exact (mixture: beam + threshold
+    search over codes < num_labels; cp: chunked scan). https://arxiv.org/abs/2412.10182
     """
 
     def __init__(
@@ -41,10 +55,16 @@ class MHPHead(nn.Module):
         reweight: bool = True,
         seed: int = 0,
         multi_label_loss: str = "pal_mean",
+        rank_form: str = "mixture",
+        chunk: int | None = None,
+        multi_label: bool | None = None,
     ):
         super().__init__()
         loss = loss or ("dr" if etf else "ce")
         check_choice("loss", loss, LOSSES)
+        check_choice("rank_form", rank_form, RANK_FORMS)
+        if rank_form == "cp" and loss != "ce":
+            raise ConfigError(f"rank_form='cp' with loss={loss!r}: Eq. 16's softmax over the CP tensor is loss='ce' only")
         if (loss == "dr") != bool(etf):
             raise ConfigError(f"loss={loss!r} with etf={etf}: the dot-regression loss 'dr' goes with etf=true only")
         if not isinstance(rank, int) or rank < 1:
@@ -55,6 +75,11 @@ class MHPHead(nn.Module):
         self.codec = MixedRadix(num_labels, sizes=sizes, num_heads=num_heads)
         self.num_labels, self.in_dim, self.rank = num_labels, in_dim, rank
         self.objective, self.reweight, self.multi_label_loss = loss, reweight, multi_label_loss
+        self.rank_form, self.chunk = rank_form, chunk
+        # bce is one-vs-all per digit and cp one softmax over all labels (PAL): both fit label sets
+        self._warned = loss == "bce" or rank_form == "cp"
+        if multi_label:
+            self._warn_multi_label()
         self.sizes = self.codec.sizes
         self.offsets = [sum(self.sizes[:h]) for h in range(len(self.sizes))]  # head h owns [off_h, off_h + L_h)
         self.linear = nn.Linear(in_dim, rank * sum(self.sizes))
@@ -65,6 +90,11 @@ class MHPHead(nn.Module):
             for h, size in enumerate(self.sizes):  # head h: features of dim L_h, a square ETF [L_h, L_h]
                 self.register_buffer(f"etf{h}", simplex_etf(size, size, seed + h))
         self.etf = bool(etf)
+
+    def _warn_multi_label(self) -> None:
+        if not self._warned:
+            warnings.warn(MULTI_LABEL_WARNING.format(loss=self.objective, form=self.rank_form), UserWarning, stacklevel=3)
+            self._warned = True
 
     def _etf_features(self, features: torch.Tensor) -> list[torch.Tensor]:
         z = self.bn(self.linear(features))  # [B, sum L]
@@ -95,6 +125,10 @@ class MHPHead(nn.Module):
 
     def loss(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         batch = features.shape[0]
+        if not self._warned and targets.dim() == 2 and ((unique_targets(targets) >= 0).sum(1) > 1).any():
+            self._warn_multi_label()
+        if self.rank_form == "cp":
+            return cp_loss(self.codec, self.linear(features), targets, self.rank, self.chunk, self.multi_label_loss)
         rows, labels, weights = positive_pairs(targets, self.num_labels, batch, self.multi_label_loss)
         weights = weights.to(features.dtype)
         if self.objective == "ce":
@@ -137,7 +171,7 @@ class MHPHead(nn.Module):
 
     @torch.no_grad()
     def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact top-k of log p(y) over valid labels (for G > 1, ties go to the lower label).
+        """Exact top-k of log p(y) over valid labels (for G > 1, ties go to the lower label); "cp": of z(y).
 
         G = 1: the beam of `_k_best`. G > 1: Fagin's threshold algorithm over the G components: take each
         component's `depth`-best list and score their union exactly; every unseen label scores at most
@@ -146,6 +180,8 @@ class MHPHead(nn.Module):
         scores are scored exhaustively over label chunks (exact, O(C) per row). Rows go in blocks too.
         """
         check_k(k, self.num_labels)
+        if self.rank_form == "cp":
+            return cp_topk(self.codec, self.linear(features), k, self.rank, self.chunk)
         logp, log_pi = self.log_probs(features)
         block = max(1, BLOCK_ELEMENTS // (self.rank * (k + 1) * max(self.sizes)))  # rows per beam block
         parts = [

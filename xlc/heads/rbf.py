@@ -26,9 +26,13 @@ def rbf_logits(x: torch.Tensor, w: torch.Tensor, b: None, *, scale: float, gamma
 class RBFHead(nn.Module):
     """RBF-Softmax (Zhang et al., ECCV 2020): `z_j = s * exp(-||x - W_j||^2 / gamma)`, loss = CE(z, y).
 
-    Prototypes `weight [C, d]` are Xavier-uniform, no bias, features not normalised. Defaults s=35,
-    gamma=16: the paper's config values (the released ImageNet code passed s for both by mistake, i.e.
-    gamma=35); logits lie in [0, s] and gamma must match the feature scale or gradients vanish.
+    Prototypes `weight [C, d]` are Xavier-uniform, no bias, features not normalised. Logits lie in [0, s] and
+    the gradient carries a factor exp(-d_ij / gamma), so gamma must match the squared feature distances.
+    Defaults: s = 35 (the paper's config) and gamma = 2 * in_dim, so d_ij / gamma is half the mean squared
+    distance per coordinate: ~1/2 at init for unit-scale features (LayerNorm / BatchNorm outputs, prototypes
+    near 0), and features a few times larger still get gradients. The paper's config value
+    gamma = 16 (35 in the released ImageNet code, which passed s for both) gives exp(-512/16) ~ 1e-14 at
+    init on 512-d LayerNorm features, i.e. no gradient; pass gamma=16 for the paper's form.
     Multi-label: pick-all-label (`pal_sum` / `pal_mean`, as in `softmax`). Chunked over labels;
     `topk` is exact by logit (= nearest prototypes, ties to the lower label). Nothing is sharded.
     """
@@ -39,12 +43,13 @@ class RBFHead(nn.Module):
         in_dim: int,
         *,
         scale: float = 35.0,
-        gamma: float = 16.0,
+        gamma: float | None = None,
         chunk: int | None = None,
         multi_label_loss: str = "pal_mean",
     ):
         super().__init__()
         check_choice("multi_label_loss", multi_label_loss, PAL_REDUCTIONS)
+        gamma = 2.0 * in_dim if gamma is None else gamma  # d_ij / gamma = half the mean squared coordinate distance
         for name, value in (("scale", scale), ("gamma", gamma)):
             if not value > 0:
                 raise ConfigError(f"head.{name}={value}: expected a positive number")
