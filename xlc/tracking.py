@@ -19,7 +19,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-RUNS_DIR = Path("xlc-runs")
+from xlc.config import RUNS_DIR, RunConfig  # noqa: E402
 MAX_PARAM_LENGTH = 6000
 
 
@@ -97,6 +97,16 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, str], 
     return run.info.run_id, False
 
 
+def open_training_run(cfg: RunConfig, dataset: str, workers: int) -> tuple[str, str, bool]:
+    """Create or reopen (same name: resume) the MLflow run of `cfg` with its params, tags and config.yaml:
+    (uri, run_id, resumed)."""
+    uri = resolve_uri(cfg.tracking.uri)
+    tags = {"dataset": dataset, "head": cfg.head.name, "workers": str(workers), "git_commit": git_commit()}
+    run_id, resumed = start_run(uri, cfg.tracking.experiment, cfg.name, flatten(cfg.to_dict()), tags)
+    RunLogger(uri, run_id).dict(cfg.to_dict(), "config.yaml")
+    return uri, run_id, resumed
+
+
 def end_run(uri: str, run_id: str, failed: bool = False) -> None:
     client(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
@@ -140,6 +150,7 @@ __all__ = [
     "flatten",
     "git_commit",
     "metric_name",
+    "open_training_run",
     "resolve_uri",
     "start_run",
 ]
