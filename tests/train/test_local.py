@@ -97,7 +97,7 @@ def test_two_gloo_ranks_match_one_rank_on_the_same_global_batch(tmp_path, datase
     common = {"max_steps": 12, "schedule": "linear", "warmup_steps": 2}
     one = write_config(tmp_path, dataset, "w1", **common)
     two = write_config(tmp_path, dataset, "w2", batch_size=32, **common)
-    overrides = ["head.name=sharded_softmax", "backbone.options.sparse_grad=false"]
+    overrides = ["head.name=sharded_softmax"]
     single = xlc_local(tmp_path, str(one), *overrides)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "xlc.cli",
                            "--", "train", str(two), *overrides, "--local", "--json"],
