@@ -27,6 +27,11 @@ HEAVY = ("ray", "deepspeed", "mlflow")
         ("xlc.train.evaluation", ("ray", "deepspeed", "mlflow")),
         ("xlc.train.checkpoint", ("ray", "deepspeed", "mlflow")),
         ("xlc.train.offline", ("ray", "deepspeed")),
+        # the loop and the --local launcher: Ray only through ray_runtime.py, DeepSpeed and MLflow on use
+        ("xlc.train.driver", ("ray", "deepspeed", "mlflow", "faiss")),
+        ("xlc.train.schedule", ("ray", "deepspeed", "mlflow")),
+        ("xlc.train.worker", ("ray", "deepspeed", "mlflow")),
+        ("xlc.train.local", ("ray", "deepspeed", "mlflow", "faiss")),
         ("data_tools.stats", HEAVY + ("xlc.train", "xlc.tracking")),
         ("xlc.baselines.peers", HEAVY + ("xlc.train", "xlc.tracking", "napkinxc", "pecos")),  # libraries: on use
     ],

@@ -33,13 +33,14 @@ def _print_result(result: dict, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"run {result['run_id']}")
+    run_id = result["run_id"] or "none (tracking off)"
+    table = Table(title=f"run {run_id}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in sorted(result["metrics"].items()):
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     Console(stderr=as_json).print(table)
-    print(f"run_id: {result['run_id']}", file=sys.stderr if as_json else sys.stdout)
+    print(f"run_id: {run_id}", file=sys.stderr if as_json else sys.stdout)
     if as_json:
         print(json.dumps(result))
 
@@ -49,15 +50,25 @@ def train(
     config: str = typer.Argument(..., help="Run config YAML"),
     overrides: Optional[List[str]] = OVERRIDES,
     as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
+    local: bool = typer.Option(False, "--local", help="No Ray: this process (or each torchrun rank) trains"),
 ) -> None:
     """Train one run (resumes a run of the same name); print its MLflow run id and final metrics."""
     from xlc.config import load
-    from xlc.train.trainer import train as run_training
 
     cfg = load(config, overrides or [])
-    result = run_training(cfg)
-    _stop_local_ray()
-    _print_result({"run_id": result["run_id"], "metrics": result["metrics"]}, as_json)
+    # Under torchrun, --local is implied: its own parser rejects a `--local` after the script as an ambiguous
+    # prefix of its options (`torchrun ... -m xlc.cli -- train CONFIG --local` passes it through).
+    if local or "TORCHELASTIC_RUN_ID" in os.environ:  # no Ray; ranks other than 0 return None, print nothing
+        from xlc.train.local import train as train_local
+
+        result = train_local(cfg)
+    else:
+        from xlc.train.trainer import train as train_ray
+
+        result = train_ray(cfg)
+        _stop_local_ray()
+    if result is not None:
+        _print_result({"run_id": result["run_id"], "metrics": result["metrics"]}, as_json)
 
 
 @app.command("eval")

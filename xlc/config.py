@@ -19,6 +19,8 @@ import yaml
 
 from xlc.errors import ConfigError
 
+RUNS_DIR = Path("xlc-runs")  # the local MLflow store and the default checkpoint storage
+
 
 @dataclass
 class BackboneConfig:
@@ -46,7 +48,12 @@ class TrainConfig:
     seed: int = 0
     log_every_steps: int = 20  # loss logged to MLflow every N steps
     checkpoint_every_steps: int = 0  # extra checkpoints every N steps (0: only at epoch ends)
-    max_steps: int | None = None  # stop after this many optimiser steps (None: all epochs)
+    max_steps: int | None = None  # stop after this many micro-batches (None: all epochs)
+    # lr schedule of every optimiser (xlc/train/schedule.py): `warmup_steps` optimiser steps of linear warmup,
+    # then constant, linear or cosine decay to 0 at the run's last optimiser step
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    clip_grad_norm: float | None = 1.0  # max gradient norm (engine and a sharded head, each its own); None: off
 
 
 @dataclass
@@ -228,6 +235,16 @@ def _check_values(cfg: RunConfig, errors: list[str]) -> None:
     for key, value in {"train.lr": cfg.train.lr, "train.head_lr": cfg.train.head_lr}.items():
         if value is not None and not value > 0:
             errors.append(f"{key}={value}: must be > 0")
+    from xlc.train.schedule import SCHEDULES
+
+    if cfg.train.schedule not in SCHEDULES:
+        errors.append(f"train.schedule={cfg.train.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if cfg.train.warmup_steps < 0:
+        errors.append(f"train.warmup_steps={cfg.train.warmup_steps}: must be >= 0 (0: no warmup)")
+    if cfg.train.clip_grad_norm is not None and not cfg.train.clip_grad_norm > 0:
+        errors.append(f"train.clip_grad_norm={cfg.train.clip_grad_norm}: must be > 0, or null for no clipping")
+    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
+        errors.append(f"train.max_steps={cfg.train.max_steps}: must be >= 1, or null for all epochs")
     if not 0 <= cfg.backbone.dropout < 1:
         errors.append(f"backbone.dropout={cfg.backbone.dropout}: must be in [0, 1)")
     if not cfg.eval.k or any(k < 1 for k in cfg.eval.k):

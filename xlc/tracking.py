@@ -29,7 +29,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-RUNS_DIR = Path("xlc-runs")
+from xlc.config import RUNS_DIR, RunConfig  # noqa: E402
 MAX_PARAM_LENGTH = 6000
 
 
@@ -152,6 +152,21 @@ def log_dataset(uri: str, run_id: str, data_dir: str | Path, context: str = "tra
     client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 
+def open_training_run(cfg: RunConfig, meta, workers: int) -> tuple[str, str, bool]:
+    """Create or reopen (same name: resume) the MLflow run of `cfg` (`meta`: its dataset's `DatasetMeta`) with
+    its params, tags, description, dataset input and config.yaml: (uri, run_id, resumed)."""
+    uri = resolve_uri(cfg.tracking.uri)
+    tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(workers)}
+    description = (f"{cfg.head.name} head on a {cfg.backbone.name} backbone, {meta.name} "
+                   f"({meta.num_labels:,} labels), {workers} workers")
+    run_id, resumed = start_run(uri, cfg.tracking.experiment, cfg.name, flatten(cfg.to_dict()), tags,
+                                parent_run_id=cfg.tracking.parent, description=description)
+    if not resumed:
+        log_dataset(uri, run_id, cfg.data)
+    RunLogger(uri, run_id).dict(cfg.to_dict(), "config.yaml")
+    return uri, run_id, resumed
+
+
 def end_run(uri: str, run_id: str, failed: bool = False) -> None:
     client(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
 
@@ -196,6 +211,7 @@ __all__ = [
     "git_commit",
     "log_dataset",
     "metric_name",
+    "open_training_run",
     "resolve_uri",
     "source_tags",
     "start_run",

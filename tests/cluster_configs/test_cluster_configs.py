@@ -124,7 +124,8 @@ def test_deepspeed_config(name):
     raw = json.loads((CONFIGS / "deepspeed" / name).read_text())
     assert {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"} <= set(raw)
     assert raw["optimizer"]["type"] == "AdamW" and raw["optimizer"]["params"]["torch_adam"] is True
-    filled = deepspeed_config(str(CONFIGS / "deepspeed" / name), batch_size=64, lr=3e-4, weight_decay=0.01)
+    filled = deepspeed_config(str(CONFIGS / "deepspeed" / name), batch_size=64, lr=3e-4, weight_decay=0.01,
+                              clip_grad_norm=0.5)
     ds = DeepSpeedConfig(filled)
 
     m = re.fullmatch(r"zero(\d)_(bf16|fp16)\.json|cpu_fp32\.json", name)
@@ -135,7 +136,7 @@ def test_deepspeed_config(name):
     # world size 1 here: global batch = micro batch x accumulation x world
     assert ds.train_micro_batch_size_per_gpu == 64 and ds.train_batch_size == 64 * ds.gradient_accumulation_steps
     assert ds.optimizer_name == "adamw" and ds.optimizer_params["lr"] == 3e-4 and ds.optimizer_params["weight_decay"] == 0.01
-    assert ds.gradient_clipping > 0
+    assert ds.gradient_clipping == 0.5  # "auto": the run config's train.clip_grad_norm
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

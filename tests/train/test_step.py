@@ -28,7 +28,7 @@ def _step(sparse: bool, world: int) -> Step:
                              "backbone": {"hidden": [16], "dropout": 0.0, "options": {"sparse_grad": sparse}}})
     torch.manual_seed(0)
     model, head = build_model(cfg, META)
-    ds_config = xengine.deepspeed_config(None, batch_size=8, lr=1e-2, weight_decay=0.0)
+    ds_config = xengine.deepspeed_config(None, batch_size=8, lr=1e-2, weight_decay=0.0, clip_grad_norm=1.0)
     return Step(model, head, ds_config, lr=1e-2, head_lr=1e-2, weight_decay=0.0, world=world)
 
 

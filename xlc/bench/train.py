@@ -58,7 +58,8 @@ def _bench_rank(case: dict, steps: int, warmup: int) -> dict:
     })
     torch.manual_seed(0)
     model, head = build_model(cfg, meta)
-    ds_config = xengine.deepspeed_config(None, batch_size=case["batch"], lr=1e-3, weight_decay=0.0)
+    ds_config = xengine.deepspeed_config(None, batch_size=case["batch"], lr=1e-3, weight_decay=0.0,
+                                         clip_grad_norm=cfg.train.clip_grad_norm)
     step = Step(model, head, ds_config, lr=1e-3, head_lr=1e-3, weight_decay=0.0, world=world)
     gen = torch.Generator().manual_seed(rank)
     batches = [synthetic_batch(gen, case["batch"], case["nnz"], case["features"], case["labels"]) for _ in range(4)]

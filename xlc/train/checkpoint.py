@@ -95,8 +95,15 @@ def verify(directory: str | Path) -> list[str]:
     return problems
 
 
-def files_under(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("manifest_"))
+def engine_files(directory: Path, rank: int) -> list[Path]:
+    """The files rank `rank` wrote in DeepSpeed's checkpoint directory `directory`: ZeRO names per-rank
+    partitions `*zero_pp_rank_{r}_*`, and the rest (module states at ZeRO 0-2) is written by rank 0 alone.
+    By name, so it holds whether each rank saved into a directory of its own (Ray) or all into one (local)."""
+    if not directory.is_dir():
+        return []
+    mine = f"zero_pp_rank_{rank}_"
+    return sorted(p for p in directory.rglob("*") if p.is_file() and (
+        mine in p.name or (rank == 0 and "zero_pp_rank_" not in p.name)))
 
 
 def write_state(directory: Path, state: dict) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,13 +24,17 @@ def select_accelerator(use_gpu: bool) -> None:
         os.environ["DS_ACCELERATOR"] = "cpu"
 
 
-def deepspeed_config(path: str | None, *, batch_size: int, lr: float, weight_decay: float) -> dict:
-    """The DeepSpeed JSON at `path` (its "auto" values filled in), or the default ZeRO-0 fp32 config."""
+def deepspeed_config(path: str | None, *, batch_size: int, lr: float, weight_decay: float,
+                     clip_grad_norm: float | None) -> dict:
+    """The DeepSpeed JSON at `path` (its "auto" values filled in from the run config), or the default ZeRO-0
+    fp32 config. The schedule and clipping belong to the run config (`train.schedule`, `train.clip_grad_norm`),
+    so a JSON that sets a `scheduler`, or a `gradient_clipping` other than the run's, is refused."""
+    clipping = clip_grad_norm or 0.0  # DeepSpeed: 0 = no clipping
     if path is None:
         return {
             "train_micro_batch_size_per_gpu": batch_size,
             "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0,
+            "gradient_clipping": clipping,
             "zero_optimization": {"stage": 0},
             "steps_per_print": 10**9,
         }
@@ -39,8 +44,17 @@ def deepspeed_config(path: str | None, *, batch_size: int, lr: float, weight_dec
         raise ConfigError(f"deepspeed={path!r}: file not found") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"deepspeed={path!r}: invalid JSON at line {e.lineno} ({e.msg})") from None
+    if "scheduler" in cfg:
+        raise ConfigError(f"deepspeed={path!r}: remove its \"scheduler\"; set train.schedule and train.warmup_steps "
+                          "instead (one schedule drives the engine and the optimisers outside it)")
+    if cfg.get("gradient_clipping", "auto") not in ("auto", clipping):
+        raise ConfigError(f"deepspeed={path!r} sets gradient_clipping={cfg['gradient_clipping']} but "
+                          f"train.clip_grad_norm={clip_grad_norm}; set it in one place (\"auto\" in the JSON)")
+    cfg["gradient_clipping"] = clipping
     if cfg.get("train_micro_batch_size_per_gpu", "auto") == "auto":
         cfg["train_micro_batch_size_per_gpu"] = batch_size
+    if cfg.get("gradient_accumulation_steps", "auto") == "auto":
+        cfg["gradient_accumulation_steps"] = 1
     cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch x accumulation x world
     for key, value in (cfg.get("optimizer") or {}).get("params", {}).items():
         if value == "auto":
@@ -56,8 +70,10 @@ def adamw(params, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
-def initialize(model: torch.nn.Module, param_groups: list[dict], ds_config: dict, *, lr: float, weight_decay: float):
-    """`deepspeed.initialize` with a client AdamW over `param_groups` unless the JSON names an optimizer."""
+def initialize(model: torch.nn.Module, param_groups: list[dict], ds_config: dict, *, lr: float, weight_decay: float,
+               lr_lambda: Callable[[int], float] | None = None):
+    """`deepspeed.initialize` with a client AdamW over `param_groups` unless the JSON names an optimizer, and a
+    `LambdaLR(lr_lambda)` over whichever optimizer the engine holds (DeepSpeed steps it at each boundary)."""
     import deepspeed
 
     # The CPU accelerator JIT-compiles a shared-memory all-reduce op that only DeepSpeed's inference
@@ -73,9 +89,15 @@ def initialize(model: torch.nn.Module, param_groups: list[dict], ds_config: dict
         model=model,
         model_parameters=param_groups if optimizer is None else None,
         optimizer=optimizer,
+        lr_scheduler=None if lr_lambda is None else (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)),
         config=ds_config,
     )
     return engine
+
+
+def accumulation_steps(ds_config: dict) -> int:
+    """Micro-batches per optimiser step."""
+    return int(ds_config["gradient_accumulation_steps"])
 
 
 def zero_stage(ds_config: dict) -> int:

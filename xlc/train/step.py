@@ -6,6 +6,13 @@
     engine.allreduce_gradients()          data-parallel average (DeepSpeed; ZeRO reduce-scatter at stage > 0)
     sparse / head optimisers, engine.step()   at the gradient-accumulation boundary only
 
+The learning rate follows one schedule (`xlc.train.schedule`): the engine steps a `LambdaLR` over the
+multiplier, and at each boundary the optimisers outside it take `initial lr x multiplier(n)` for the same
+n, the engine's optimiser-step count (which DeepSpeed checkpoints, so a resumed run continues the schedule).
+Gradient clipping: the engine clips the backbone (+ replicated head) by DeepSpeed's `gradient_clipping`; a
+sharded head is clipped by its own norm (over all of its shards), separately; the sparse tables are not
+clipped (SparseAdam normalises each row's step by its own second moment).
+
 Embedding tables with sparse gradients (`nn.EmbeddingBag(sparse=True)`, the `mlp` backbone's input layer)
 are the remedy for 10^5+ input features: a batch touches a few thousand rows of the table, so their
 gradient is the touched rows only, DeepSpeed all-reduces it as an all-gather of (row ids, rows), and
@@ -19,11 +26,13 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import torch
 
 from xlc.heads import ShardedHead
 from xlc.train import engine as xengine
+from xlc.train.evaluation import all_reduce
 
 PHASES = ("forward", "head", "backward", "allreduce", "optimiser")
 
@@ -38,6 +47,17 @@ def make_dense(model: torch.nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
             m.sparse = False
+
+
+def clip_sharded_head(head: ShardedHead, max_norm: float) -> None:
+    """Clip a label-sharded head's gradient to `max_norm` by the norm of the whole head: the squared norms of
+    the label-sharded entries are summed over ranks, replicated entries counted once (every rank agrees)."""
+    params = {name: p for name, p in head.named_parameters() if p.grad is not None}
+    squares = {name: p.grad.detach().double().pow(2).sum() for name, p in params.items()}
+    sharded = sum(v for name, v in squares.items() if name in head.label_sharded)
+    replicated = sum(v for name, v in squares.items() if name not in head.label_sharded)
+    norm = (all_reduce(torch.as_tensor(sharded).clone()) + replicated).sqrt()
+    torch.nn.utils.clip_grads_with_norm_(list(params.values()), max_norm, norm)
 
 
 class PhaseTimer:
@@ -62,11 +82,17 @@ class PhaseTimer:
 
 
 class Step:
-    """Owns the DeepSpeed engine and the optimisers outside it; `step(batch)` trains on one micro-batch."""
+    """Owns the DeepSpeed engine and the optimisers outside it; `step(batch)` trains on one micro-batch.
+
+    `multiplier`: the lr schedule (`xlc.train.schedule.lr_multiplier`; None: constant). `clip_head`: the max
+    gradient norm of a sharded head, by its own norm (None: no clipping); the engine's comes from `ds_config`.
+    """
 
     def __init__(self, model: torch.nn.Module, head: torch.nn.Module, ds_config: dict, *, lr: float,
-                 head_lr: float, weight_decay: float, world: int):
-        self.head, self.world = head, world
+                 head_lr: float, weight_decay: float, world: int,
+                 multiplier: Callable[[int], float] | None = None, clip_head: float | None = None):
+        self.head, self.world, self.clip_head = head, world, clip_head
+        self.multiplier = multiplier or (lambda step: 1.0)
         self.sharded = isinstance(head, ShardedHead)
         if xengine.zero_stage(ds_config) > 0 or xengine.low_precision(ds_config):
             make_dense(model)
@@ -76,11 +102,15 @@ class Step:
         groups = [{"params": backbone, "lr": lr}]
         if not self.sharded:
             groups.append({"params": list(head.parameters()), "lr": head_lr})
-        self.engine = xengine.initialize(model, groups, ds_config, lr=lr, weight_decay=weight_decay)
+        self.engine = xengine.initialize(model, groups, ds_config, lr=lr, weight_decay=weight_decay,
+                                         lr_lambda=multiplier)
         self.engine.enable_backward_allreduce = False  # `step` reduces explicitly, so the phases can be timed
         self.head_opt = (xengine.adamw(head.parameters(), lr=head_lr, weight_decay=weight_decay)
                          if self.sharded else None)
         self.sparse_opt = torch.optim.SparseAdam(tables, lr=lr) if tables else None
+        for opt in self.optimisers().values():
+            for group in opt.param_groups:
+                group["initial_lr"] = group["lr"]  # the base the schedule multiplies (as torch's schedulers keep it)
         if tables:  # DeepSpeed rebuilds the reduced gradients as COO tensors; their invariants hold by construction
             torch.sparse.check_sparse_tensor_invariants.disable()
 
@@ -106,7 +136,12 @@ class Step:
         self.engine.allreduce_gradients()
         mark("allreduce")
         if self.engine.is_gradient_accumulation_boundary():
+            if self.sharded and self.clip_head is not None:
+                clip_sharded_head(self.head, self.clip_head)
+            scale = self.multiplier(self.engine.global_steps)  # optimiser steps taken so far, as the engine's LambdaLR
             for opt in self.optimisers().values():
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"] * scale
                 opt.step()
                 opt.zero_grad(set_to_none=True)
         self.engine.step()  # steps (and zeroes) at the boundary only

@@ -14,8 +14,7 @@ import pyarrow as pa
 import ray.data
 
 from xlc import data as xdata
-from xlc.backbones import backbone_input
-from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS, TEXT
+from xlc.train.driver import train_columns
 
 SHUFFLE_BATCHES = 8  # local shuffle buffer, in batches
 
@@ -27,8 +26,7 @@ def read_train(data_dir: str | Path, backbone: str = "mlp") -> ray.data.Dataset:
     # Parquet through Ray Data's V1 datasource: V2 first lists the files in a task of its own, which delays every
     # epoch's first batch; V1 starts reading at once.
     context.use_datasource_v2 = False
-    columns = [LABELS, FEAT_IDX, FEAT_VAL] if backbone_input(backbone) == "sparse" else [LABELS, TEXT]
-    return ray.data.read_parquet(xdata.split_files(data_dir, "train"), columns=columns)
+    return ray.data.read_parquet(xdata.split_files(data_dir, "train"), columns=train_columns(backbone))
 
 
 def epoch_batches(shard: ray.data.DataIterator, batch_size: int, *, seed: int, drop_last: bool = False

@@ -6,7 +6,6 @@ checkpoint under `storage_path/name` (Train V2 restores a run directory that alr
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
@@ -15,25 +14,13 @@ import ray.train
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from xlc import data as xdata
 from xlc import tracking
-from xlc.baselines.label_space import training_split
 from xlc.config import RunConfig
 from xlc.errors import XlcError
-from xlc.heads import fit_head_inputs
 from xlc.report import log_run_report
 from xlc.train import stream
-from xlc.train.model import check_model
-from xlc.train.worker import train_loop
-
-REPORTED = ("p@", "ndcg@", "psp@", "acc", "recall@", "train_seconds", "samples_per_second", "peak_memory_bytes",
-            "head_parameters")
-
-
-def storage_path(cfg: RunConfig) -> str:
-    if cfg.storage.path:
-        return cfg.storage.path
-    return str((tracking.RUNS_DIR / "checkpoints").resolve())
+from xlc.train.driver import fit_inputs, prepare, reported, storage_path
+from xlc.train.ray_runtime import train_loop_per_worker
 
 
 def ensure_ray(num_workers: int) -> None:
@@ -58,36 +45,15 @@ def ensure_ray(num_workers: int) -> None:
     )
 
 
-def fit_inputs(cfg: RunConfig) -> dict:
-    """A fitted head's constructor inputs from the training split ({} for every other head)."""
-    return fit_head_inputs(cfg.head.name, training_split(cfg.data, cfg.train.seed), cfg.head.options)
-
-
 def train(cfg: RunConfig) -> dict:
     """Run (or resume) `cfg` and return {"run_id", "metrics"} with the final evaluation."""
-    # Workers run in per-run directories: every path they read must be absolute.
-    cfg = dataclasses.replace(
-        cfg, data=str(Path(cfg.data).resolve()), deepspeed=cfg.deepspeed and str(Path(cfg.deepspeed).resolve())
-    )
-    meta = xdata.read_meta(cfg.data)  # fail fast, before Ray or MLflow start, on a bad dataset or option value
-    check_model(cfg, meta)
-    uri = tracking.resolve_uri(cfg.tracking.uri)
-    tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(cfg.workers)}
-    description = (f"{cfg.head.name} head on a {cfg.backbone.name} backbone, {meta.name} "
-                   f"({meta.num_labels:,} labels), {cfg.workers} workers")
-    run_id, resumed = tracking.start_run(
-        uri, cfg.tracking.experiment, cfg.name, tracking.flatten(cfg.to_dict()), tags,
-        parent_run_id=cfg.tracking.parent, description=description,
-    )
-    if not resumed:
-        tracking.log_dataset(uri, run_id, cfg.data)
-    logger = tracking.RunLogger(uri, run_id)
-    logger.dict(cfg.to_dict(), "config.yaml")
+    cfg, meta = prepare(cfg)  # fail fast, before Ray or MLflow start, on a bad dataset or option value
+    uri, run_id, resumed = tracking.open_training_run(cfg, meta, cfg.workers)
 
     ensure_ray(cfg.workers)
     datasets = {"train": stream.read_train(cfg.data, cfg.backbone.name)}
     trainer = TorchTrainer(
-        train_loop,
+        train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
                            "head_inputs": fit_inputs(cfg)},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
@@ -109,8 +75,7 @@ def train(cfg: RunConfig) -> dict:
         if isinstance(cause, XlcError):
             raise cause from None
         raise
-    metrics = {k: v for k, v in (result.metrics or {}).items() if k.startswith(REPORTED)}
     checkpoint = result.checkpoint.path if result.checkpoint is not None else None
     log_run_report(uri, run_id, cfg.data, checkpoint if checkpoint and Path(checkpoint).is_dir() else None)
     tracking.end_run(uri, run_id)
-    return {"run_id": run_id, "resumed": resumed, "metrics": metrics}
+    return {"run_id": run_id, "resumed": resumed, "metrics": reported(result.metrics or {})}

@@ -1,111 +1,121 @@
-"""The worker loop: one Ray Train worker = one DeepSpeed rank. Reads top to bottom as one run.
+"""The worker loop: one rank of a run, under Ray Train or `xlc train --local`. Reads top to bottom as one run.
 
-batch (Ray Data shard) -> backbone (DeepSpeed engine, data parallel) -> features [B, d]
+batch (this rank's share of the train split) -> backbone (DeepSpeed engine, data parallel) -> features [B, d]
 features -> head (replicated inside the engine, or a `ShardedHead` outside it with its own AdamW) -> loss
-epoch end: evaluate head.topk on the test split -> metrics; checkpoint via ray.train.report
-rank 0 logs params/metrics/artifacts to the MLflow run the driver opened.
+epoch end: evaluate head.topk on the test split -> metrics; every rank writes its checkpoint files
+rank 0 logs metrics to the MLflow run the driver opened (when tracking is on).
+
+What differs between the launchers is the `Runtime` passed in (`xlc/train/ray_runtime.py`: Ray Data shard,
+`ray.train` checkpoints; `xlc/train/local.py`: Parquet files read directly, a local checkpoint directory).
+Nothing here imports Ray or MLflow.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any, Protocol
 
-import ray.train
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from xlc import config as xconfig
 from xlc import data as xdata
+from xlc.config import RunConfig
 from xlc.errors import ConfigError
 from xlc.eval.metrics import inv_propensity
 from xlc.heads import ShardedHead
-from xlc.tracking import RunLogger
 from xlc.train import checkpoint as ckpt
 from xlc.train import engine as xengine
-from xlc.train import stream
 from xlc.train.checkpoint import Progress
 from xlc.train.evaluation import all_reduce, collapse_metrics, evaluate, peak_memory_bytes
 from xlc.train.model import build_model, parameter_count
+from xlc.train.schedule import lr_multiplier, total_steps
 from xlc.train.step import Step
 
 
-def train_loop(loop_config: dict) -> None:
-    cfg = xconfig.from_dict(loop_config["config"])
+class Runtime(Protocol):
+    """What the loop needs from its launcher."""
+
+    rank: int
+    world: int
+    device: torch.device
+    logger: Any  # `xlc.tracking.RunLogger` on rank 0 when tracking is on, else None
+
+    def epoch_tables(self, epoch: int, drop_last: bool) -> Iterable[pa.Table]:
+        """This rank's batches of one epoch, as many on every rank (each step runs collectives)."""
+
+    def restored(self) -> AbstractContextManager[Path | None]:
+        """The newest valid checkpoint directory to resume from, or None."""
+
+    def report(self, metrics: dict, write: Callable[[Path], None] | None = None) -> None:
+        """Hand `metrics` to the launcher; with `write`, also checkpoint: every rank calls write(directory)."""
+
+
+def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
+    """Train (or resume) `cfg` on this rank; returns the final evaluation (the same on every rank)."""
     xengine.select_accelerator(cfg.use_gpu)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = torch.device(f"cuda:{ctx.get_local_rank()}" if cfg.use_gpu else "cpu")
+    rank, world, device = runtime.rank, runtime.world, runtime.device
     torch.manual_seed(cfg.train.seed)
-    if not cfg.use_gpu:
-        torch.set_num_threads(max(1, int(os.environ.get("XLC_THREADS_PER_WORKER", "1"))))
 
     # ---- model and step: a sharded head stays outside the engine, with its own optimiser
     meta = xdata.read_meta(cfg.data)
-    head_inputs = loop_config["head_inputs"]
     model, head = build_model(cfg, meta, head_inputs)
     head.to(device)
     sharded = isinstance(head, ShardedHead)
-    ds_config = xengine.deepspeed_config(
-        cfg.deepspeed, batch_size=cfg.train.batch_size, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-    )
+    ds_config = xengine.deepspeed_config(cfg.deepspeed, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                                         weight_decay=cfg.train.weight_decay, clip_grad_norm=cfg.train.clip_grad_norm)
+    # one lr multiplier for every optimiser, over the run's optimiser steps (micro-batches / accumulation)
+    multiplier = lr_multiplier(cfg.train.schedule, cfg.train.warmup_steps, total_steps(
+        epochs=cfg.train.epochs, rows=meta.num_train, world=world, batch_size=cfg.train.batch_size,
+        accumulation=xengine.accumulation_steps(ds_config), max_steps=cfg.train.max_steps,
+    ))
     trainer = Step(model, head, ds_config, lr=cfg.train.lr, head_lr=cfg.train.head_lr or cfg.train.lr,
-                   weight_decay=cfg.train.weight_decay, world=world)
+                   weight_decay=cfg.train.weight_decay, world=world, multiplier=multiplier,
+                   clip_head=cfg.train.clip_grad_norm)
     engine = trainer.engine
     head_parameters = parameter_count(head)
     if sharded:  # every rank holds its own shard
         head_parameters = int(all_reduce(torch.tensor(head_parameters, device=device)))
 
-    # ---- resume from the newest valid checkpoint, if Ray restored one
+    # ---- resume from the newest valid checkpoint, if the runtime has one
     progress = Progress()
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as directory:
-            directory = ckpt.latest_valid(directory)
-            if directory is not None:
-                state = ckpt.read_state(directory)
-                if state["world_size"] != world and xengine.zero_stage(ds_config) > 0:
-                    raise ConfigError(
-                        f"workers={world}: the checkpoint was written by {state['world_size']} workers with ZeRO "
-                        f"stage {xengine.zero_stage(ds_config)}; resuming on another worker count needs stage 0"
-                    )
-                engine.load_checkpoint(str(directory), tag="engine", load_module_strict=True)
-                if sharded:
-                    ckpt.load_head_shard(directory, head, trainer.head_opt)
-                if trainer.sparse_opt is not None:
-                    ckpt.load_optimizer(directory, "sparse", trainer.sparse_opt)
-                progress = Progress.from_state(state)
+    with runtime.restored() as directory:
+        if directory is not None:
+            state = ckpt.read_state(directory)
+            if state["world_size"] != world and xengine.zero_stage(ds_config) > 0:
+                raise ConfigError(
+                    f"workers={world}: the checkpoint was written by {state['world_size']} workers with ZeRO "
+                    f"stage {xengine.zero_stage(ds_config)}; resuming on another worker count needs stage 0"
+                )
+            engine.load_checkpoint(str(directory), tag="engine", load_module_strict=True)  # + the lr schedule
+            if sharded:
+                ckpt.load_head_shard(directory, head, trainer.head_opt)
+            if trainer.sparse_opt is not None:
+                ckpt.load_optimizer(directory, "sparse", trainer.sparse_opt)
+            progress = Progress.from_state(state)
 
-    logger = RunLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    logger = runtime.logger
     if logger is not None:
         logger.tags({"world_size": world, "head_parameters": head_parameters, "resumed_from_step": progress.step})
     train_counts = torch.from_numpy(xdata.label_counts(cfg.data))
     inv_prop = inv_propensity(train_counts, meta.num_train, a=cfg.eval.psp_a, b=cfg.eval.psp_b)
-    shard = ray.train.get_dataset_shard("train")
 
-    def save_and_report(metrics: dict) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            directory = Path(tmp)
-            engine.save_checkpoint(tmp, tag="engine", save_latest=False)
-            written = []
-            if sharded:
-                written.append(ckpt.save_head_shard(directory, head, trainer.head_opt, rank))
-            if rank == 0 and trainer.sparse_opt is not None:  # replicated: every rank holds the same state
-                written.append(ckpt.save_optimizer(directory, "sparse", trainer.sparse_opt))
-            if rank == 0 and head_inputs:
-                written.append(ckpt.save_head_inputs(directory, head_inputs))
-            if rank == 0:
-                written.append(ckpt.write_state(
-                    directory, {**vars(progress), "world_size": world, "config": cfg.to_dict()}
-                ))
-            if (directory / "engine").exists():  # DeepSpeed writes model states on rank 0 only at ZeRO-0
-                written += ckpt.files_under(directory / "engine")
-            ckpt.write_manifest(directory, rank, sorted(set(written)))
-            if dist.is_initialized():
-                dist.barrier()
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    def write_checkpoint(directory: Path) -> None:
+        """This rank's files of one checkpoint, and its manifest."""
+        engine.save_checkpoint(str(directory), tag="engine", save_latest=False)
+        written = ckpt.engine_files(directory / "engine", rank)  # DeepSpeed decides which rank writes what
+        if sharded:
+            written.append(ckpt.save_head_shard(directory, head, trainer.head_opt, rank))
+        if rank == 0 and trainer.sparse_opt is not None:  # replicated: every rank holds the same state
+            written.append(ckpt.save_optimizer(directory, "sparse", trainer.sparse_opt))
+        if rank == 0 and head_inputs:
+            written.append(ckpt.save_head_inputs(directory, head_inputs))
+        if rank == 0:
+            written.append(ckpt.write_state(directory, {**vars(progress), "world_size": world, "config": cfg.to_dict()}))
+        ckpt.write_manifest(directory, rank, sorted(set(written)))
 
     def scores(max_rows: int | None) -> dict:
         return evaluate(
@@ -131,10 +141,7 @@ def train_loop(loop_config: dict) -> None:
     while progress.epoch < cfg.train.epochs and progress.step < max_steps:
         engine.train()
         tic, running, n_running = time.perf_counter(), 0.0, 0
-        batches = stream.epoch_batches(
-            shard, cfg.train.batch_size, seed=cfg.train.seed + progress.epoch, drop_last=sharded
-        )
-        for i, table in enumerate(batches):
+        for i, table in enumerate(runtime.epoch_tables(progress.epoch, drop_last=sharded)):
             if i < progress.step_in_epoch:  # resumed mid-epoch: these batches were trained before the stop
                 continue
             batch = xdata.collate(table, meta.multi_label).to(device)
@@ -142,17 +149,18 @@ def train_loop(loop_config: dict) -> None:
             progress.step, progress.step_in_epoch = progress.step + 1, progress.step_in_epoch + 1
             progress.samples_seen += len(batch) * world
             running, n_running = running + loss.item(), n_running + 1
-            if logger is not None and progress.step % cfg.train.log_every_steps == 0:
-                logger.metrics({"loss": running / n_running}, progress.step)
+            if rank == 0 and progress.step % cfg.train.log_every_steps == 0:
+                if logger is not None:
+                    logger.metrics({"loss": running / n_running}, progress.step)
                 seconds = progress.train_seconds + time.perf_counter() - tic
                 print(f"[{cfg.name}] epoch {progress.epoch + 1}/{cfg.train.epochs} step {progress.step} "
                       f"loss {running / n_running:.4f} ({progress.samples_seen / max(seconds, 1e-9):.0f} samples/s)",
-                      flush=True)  # reaches the driver's console through Ray's log forwarding
+                      flush=True)  # under Ray, reaches the driver's console through its log forwarding
                 running, n_running = 0.0, 0
             if cfg.train.checkpoint_every_steps and progress.step % cfg.train.checkpoint_every_steps == 0:
                 progress.train_seconds += time.perf_counter() - tic
                 tic = time.perf_counter()
-                save_and_report({"step": progress.step, "epoch": progress.epoch})
+                runtime.report({"step": progress.step, "epoch": progress.epoch}, write_checkpoint)
             if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
                 progress.train_seconds += time.perf_counter() - tic  # the probe's own time is not training
                 probe = scores(cfg.eval.probe_rows)
@@ -168,7 +176,9 @@ def train_loop(loop_config: dict) -> None:
         metrics = eval_metrics()
         if logger is not None:
             logger.metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, progress.step)
-        save_and_report(metrics)
+        runtime.report(metrics, write_checkpoint)
 
     if not metrics:  # resumed a run that had already finished: report its evaluation again
-        ray.train.report(eval_metrics())
+        metrics = eval_metrics()
+        runtime.report(metrics)
+    return metrics

@@ -1,0 +1,118 @@
+"""`xlc train CONFIG --local`: the worker loop without Ray, end to end on a tiny synthetic set (50 labels).
+
+Each run is a subprocess of the CLI. `import ray` (and, in one test, mlflow and faiss) is made to fail in
+it, so the local path is shown never to need them. Two gloo ranks under `torch.distributed.run`, each on
+half of every global batch, must end with the weights of one rank on the whole batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from data_tools.builders import synthetic
+from tests.conftest import assert_close
+from xlc.data import read_meta
+from xlc.heads import build_head
+from xlc.train import checkpoint as ckpt
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return synthetic.build(str(tmp_path_factory.mktemp("data") / "syn"), samples=2000, labels=50, features=300)
+
+
+def write_config(tmp_path: Path, dataset: Path, name: str, **train) -> Path:
+    raw = {
+        "name": name, "data": str(dataset),
+        "backbone": {"name": "mlp", "hidden": [64], "dropout": 0.0},
+        "head": {"name": "softmax"},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 0.01, "log_every_steps": 5, **train},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "local"},
+        "storage": {"path": str(tmp_path / "checkpoints")},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def xlc_local(cwd: Path, *args: str, blocked=("ray",)) -> dict:
+    """`xlc train ARGS --local --json` in a process where importing `blocked` modules fails; its JSON line."""
+    code = f"import sys; sys.modules.update(dict.fromkeys({list(blocked)!r})); from xlc.cli import main; main()"
+    proc = subprocess.run([sys.executable, "-c", code, "train", *args, "--local", "--json"], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
+
+
+def test_local_trains_logs_checkpoints_and_resumes(tmp_path, dataset):
+    config = write_config(tmp_path, dataset, "one", schedule="cosine", warmup_steps=3)
+    steps = math.ceil(read_meta(dataset).num_train / 64)
+    first = xlc_local(tmp_path, str(config))
+    assert first["metrics"]["p@1"] > 0.5  # 50 labels: an untrained model scores about 0.02
+    (saved,) = sorted((tmp_path / "checkpoints" / "one").iterdir())
+    assert saved.name == "checkpoint_000001" and ckpt.verify(saved) == []
+    assert ckpt.read_state(saved)["step"] == steps
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(first["run_id"])
+    assert run.info.status == "FINISHED" and {"loss", "p_at_1"} <= set(run.data.metrics)
+    assert run.data.params["train.schedule"] == "cosine"
+
+    # Same name, one more epoch: resumes at the saved step, in the same MLflow run; keep=1 prunes the first.
+    second = xlc_local(tmp_path, str(config), "train.epochs=2", "storage.keep=1")
+    assert second["run_id"] == first["run_id"]
+    assert client.get_run(first["run_id"]).data.tags["resumed_from_step"] == str(steps)
+    assert [m.step for m in client.get_metric_history(first["run_id"], "p_at_1")] == [steps, 2 * steps]
+    (saved,) = sorted((tmp_path / "checkpoints" / "one").iterdir())
+    assert saved.name == "checkpoint_000002" and ckpt.read_state(saved)["step"] == 2 * steps
+    engine = torch.load(saved / ckpt.ENGINE_MODULE_FILE, map_location="cpu", weights_only=False)
+    assert engine["global_steps"] == engine["lr_scheduler"]["last_epoch"] == 2 * steps  # the schedule continued
+
+
+def test_local_trains_without_mlflow_ray_or_faiss(tmp_path, dataset):
+    config = write_config(tmp_path, dataset, "bare", max_steps=5)
+    result = xlc_local(tmp_path, str(config), blocked=("ray", "mlflow", "faiss"))
+    assert result["run_id"] is None and "tracking is off" in result["stderr"]
+    assert set(result["metrics"]) >= {"p@1", "p@5", "ndcg@5", "psp@5", "train_seconds", "head_parameters"}
+    (saved,) = (tmp_path / "checkpoints" / "bare").iterdir()
+    assert ckpt.verify(saved) == [] and ckpt.read_state(saved)["step"] == 5
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_two_gloo_ranks_match_one_rank_on_the_same_global_batch(tmp_path, dataset):
+    """Batch i of the shuffled split goes to rank i % world, so 2 ranks x 32 rows see, step by step, the rows
+    of 1 rank x 64; the sharded head's loss is the global-batch mean and DeepSpeed averages the backbone."""
+    common = {"max_steps": 12, "schedule": "linear", "warmup_steps": 2}
+    one = write_config(tmp_path, dataset, "w1", **common)
+    two = write_config(tmp_path, dataset, "w2", batch_size=32, **common)
+    overrides = ["head.name=sharded_softmax"]
+    single = xlc_local(tmp_path, str(one), *overrides)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "xlc.cli",
+                           "--", "train", str(two), *overrides, "--local", "--json"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    double = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0 alone prints
+    assert double["metrics"]["p@1"] > 0.3 and single["metrics"]["p@1"] > 0.3
+    assert abs(double["metrics"]["p@1"] - single["metrics"]["p@1"]) < 0.02
+
+    saved = {name: next((tmp_path / "checkpoints" / name).iterdir()) for name in ("w1", "w2")}
+    assert ckpt.read_state(saved["w2"])["world_size"] == 2
+    for key, weight in ckpt.module_state(saved["w1"]).items():
+        assert_close(ckpt.module_state(saved["w2"])[key], weight, atol=1e-4, rtol=1e-3, msg=key)
+    heads = {}
+    for name, directory in saved.items():
+        heads[name] = build_head("sharded_softmax", 50, 64)  # one process: every label, from all shards
+        ckpt.load_head_shard(directory, heads[name])
+    assert_close(heads["w2"].weight, heads["w1"].weight, atol=1e-4, rtol=1e-3)

@@ -1,0 +1,64 @@
+"""The worker loop's runtime under Ray Train (`trainer.py` runs `train_loop_per_worker` on every worker).
+
+Rank and device from the Ray Train context; batches from this worker's split of the Ray Data stream
+(`stream.py`); checkpoints restored by `ray.train.get_checkpoint` and saved by `ray.train.report` (each
+worker writes into a directory of its own, Ray merges them under `storage_path/name`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray.train
+import torch
+
+from xlc import config as xconfig
+from xlc.config import RunConfig
+from xlc.tracking import RunLogger
+from xlc.train import checkpoint as ckpt
+from xlc.train import stream
+from xlc.train.evaluation import barrier
+from xlc.train.worker import train_loop
+
+
+class RayRuntime:
+    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str):
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = torch.device(f"cuda:{context.get_local_rank()}" if cfg.use_gpu else "cpu")
+        if not cfg.use_gpu:  # workers share the machine's cores
+            torch.set_num_threads(max(1, int(os.environ.get("XLC_THREADS_PER_WORKER", "1"))))
+        self.logger = RunLogger(tracking_uri, run_id) if self.rank == 0 else None
+        self._shard = ray.train.get_dataset_shard("train")
+        self._batch_size, self._seed = cfg.train.batch_size, cfg.train.seed
+
+    def epoch_tables(self, epoch: int, drop_last: bool):
+        # Ray Data's split is equal per worker, so every rank gets as many batches
+        return stream.epoch_batches(self._shard, self._batch_size, seed=self._seed + epoch, drop_last=drop_last)
+
+    @contextmanager
+    def restored(self) -> Iterator[Path | None]:
+        restored = ray.train.get_checkpoint()
+        if restored is None:
+            yield None
+            return
+        with restored.as_directory() as directory:
+            yield ckpt.latest_valid(directory)
+
+    def report(self, metrics: dict, write: Callable[[Path], None] | None = None) -> None:
+        if write is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp))
+            barrier()
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg = xconfig.from_dict(loop_config["config"])
+    train_loop(cfg, RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"]), loop_config["head_inputs"])
