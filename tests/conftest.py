@@ -1,4 +1,4 @@
-"""Shared fixtures: `spawn_gloo` runs one test body on N gloo processes.
+"""Shared fixtures: `spawn_gloo` runs one test body on N gloo processes; `icd10cm_small` is a small real dataset.
 
 Helpers for test modules (`assert_close`, ...) live in tests/helpers.py; `assert_close` is re-exported here for
 modules that still import it from this conftest.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,3 +62,12 @@ def run_gloo(world_size: int, fn, *args) -> None:
 def spawn_gloo():
     """`spawn_gloo(n, fn, *args)`: fn must be a module-level function (it is pickled for spawn)."""
     return run_gloo
+
+
+@pytest.fixture(scope="session")
+def icd10cm_small(tmp_path_factory) -> Path:
+    """A seeded 7,500-row subset of ICD-10-CM (6,079 train / 1,421 test rows, 1,467 of the 1,918 categories),
+    built once per session: the real text dataset of the integration and launch tests."""
+    from data_tools.builders import icd10cm
+
+    return icd10cm.build(str(tmp_path_factory.mktemp("data") / "icd10cm-small"), max_samples=7500)
