@@ -135,7 +135,7 @@ def test_deepspeed_config(name):
     # world size 1 here: global batch = micro batch x accumulation x world
     assert ds.train_micro_batch_size_per_gpu == 64 and ds.train_batch_size == 64 * ds.gradient_accumulation_steps
     assert ds.optimizer_name == "adamw" and ds.optimizer_params["lr"] == 3e-4 and ds.optimizer_params["weight_decay"] == 0.01
-    assert ds.gradient_clipping > 0
+    assert ds.gradient_clipping == raw["gradient_clipping"] > 0  # parsed as written, and clipping is on
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
