@@ -1,15 +1,21 @@
-"""Shared fixtures: `spawn_gloo` runs one test body on N gloo processes; `assert_close` compares to a reference."""
+"""Shared fixtures: `spawn_gloo` runs one test body on N gloo processes; `icd10cm_small` is a small real dataset.
+
+Helpers for test modules (`assert_close`, ...) live in tests/helpers.py; `assert_close` is re-exported here for
+modules that still import it from this conftest.
+"""
 
 from __future__ import annotations
 
 import os
-import socket
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from tests.helpers import assert_close, free_ports
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -17,14 +23,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 torch.set_num_threads(1)
 
 
-def assert_close(actual, expected, atol=1e-6, rtol=1e-6, msg=""):
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, check_dtype=False, msg=msg or None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["assert_close"]
 
 
 def _worker(rank, world_size, port, fn, args, errors):
@@ -44,7 +43,7 @@ def run_gloo(world_size: int, fn, *args) -> None:
     """Run `fn(rank, world_size, *args)` on `world_size` gloo processes; re-raise any child failure."""
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
-    port = _free_port()
+    (port,) = free_ports(1)
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, errors)) for r in range(world_size)]
     for p in procs:
         p.start()
@@ -63,3 +62,12 @@ def run_gloo(world_size: int, fn, *args) -> None:
 def spawn_gloo():
     """`spawn_gloo(n, fn, *args)`: fn must be a module-level function (it is pickled for spawn)."""
     return run_gloo
+
+
+@pytest.fixture(scope="session")
+def icd10cm_small(tmp_path_factory) -> Path:
+    """A seeded 7,500-row subset of ICD-10-CM (6,079 train / 1,421 test rows, 1,467 of the 1,918 categories),
+    built once per session: the real text dataset of the integration and launch tests."""
+    from data_tools.builders import icd10cm
+
+    return icd10cm.build(str(tmp_path_factory.mktemp("data") / "icd10cm-small"), max_samples=7500)

@@ -58,7 +58,8 @@ def test_hash_words_is_stable_padded_and_truncated():
     assert ids[0].min() >= 1 and ids[0].max() < 1000
     assert ids[1].tolist() == [0, 0, 0, 0]  # empty text: all padding
     assert hash_words(["the cat"], 1000, 4, 3).tolist() == [[ids[0, 0].item(), ids[0, 1].item(), 0]]  # min_length pad
-    assert torch.equal(hash_words(["the cat"], 1000, 4, 3), hash_words(["the cat"], 1000, 4, 3))
+    # stable across processes and platforms (crc32, not Python's salted hash): "the" -> 274, "cat" -> 470
+    assert ids[0].tolist() == [274, 470, 274, 470]
 
 
 def test_xmlcnn_forward_backward_on_short_and_long_texts():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.baselines.knn import KNNClassifier
 from xlc.errors import ConfigError
 

@@ -79,5 +79,7 @@ def test_hierarchy_feeds_tree_head_and_is_deterministic():
     h2 = build_hierarchy(x, y, num_labels, branching=4, leaf_size=5, seed=7)
     assert all((a == b).all() for a, b in zip(h1.parents, h2.parents)) and (h1.label_to_leaf == h2.label_to_leaf).all()
     head = build_head("tree", num_labels, 16, hierarchy=h1)
-    scores, labels = head.topk(torch.randn(3, 16), 5)
-    assert labels.shape == (3, 5) and (labels < num_labels).all()
+    scores, labels = head.topk(torch.randn(3, 16, generator=torch.Generator().manual_seed(0)), 5)
+    assert labels.shape == scores.shape == (3, 5) and (labels >= 0).all() and (labels < num_labels).all()
+    assert all(len(set(row)) == 5 for row in labels.tolist())  # five distinct labels per row
+    assert (scores[:, :-1] >= scores[:, 1:]).all()  # best first

@@ -1,4 +1,5 @@
-"""`make_dataset`: a dataset directory written with plain pyarrow (independent of data_tools' writer)."""
+"""`make_dataset`: a dataset directory written with plain pyarrow (independent of data_tools' writer);
+`random_rows`: rows to fill it with."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 
-def random_rows(n: int, num_labels: int, num_features: int, max_labels: int, seed: int = 0):
+def _random_rows(n: int, num_labels: int, num_features: int, max_labels: int, seed: int = 0):
     """n rows of (labels, feat_idx, feat_val) python lists, some rows with no labels or no features."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -29,6 +30,12 @@ def write_rows(path, rows, text=None):
         **({"text": pa.array(text, pa.string())} if text is not None else {}),
     })
     pq.write_table(table, path, row_group_size=50)
+
+
+@pytest.fixture
+def random_rows():
+    """`_random_rows` above, handed to test modules (they never import a conftest)."""
+    return _random_rows
 
 
 @pytest.fixture

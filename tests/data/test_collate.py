@@ -5,8 +5,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tests.conftest import assert_close
-from tests.data.conftest import random_rows
+from tests.helpers import assert_close
 from xlc.data import collate
 
 
@@ -34,7 +33,7 @@ def _reference(rows, multi_label):
 
 @pytest.mark.parametrize("multi_label", [True, False])
 @pytest.mark.parametrize("slice_start", [0, 7])
-def test_collate_matches_per_row_reference(multi_label, slice_start):
+def test_collate_matches_per_row_reference(multi_label, slice_start, random_rows):
     rows = random_rows(60, num_labels=30, num_features=50, max_labels=4, seed=1)
     table = pa.concat_tables([_table(rows[:25], text=True), _table(rows[25:], text=True)])  # two chunks
     table = table.slice(slice_start, 40)  # offsets no longer start at 0

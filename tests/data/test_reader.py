@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.data.conftest import random_rows
 from xlc.data import collate, iter_batches, label_counts, label_names, read_meta, split_files
 from xlc.errors import DataError
 
@@ -19,7 +18,7 @@ def _all_labels(batches):
     return [row for b in batches for row in b.targets.tolist()]
 
 
-def test_iter_batches_exact_sizes_across_files(make_dataset):
+def test_iter_batches_exact_sizes_across_files(make_dataset, random_rows):
     rows = random_rows(103, num_labels=20, num_features=40, max_labels=3)
     root = make_dataset(rows, rows[:5], num_labels=20, num_features=40, multi_label=True, rows_per_file=17)
     assert len(split_files(root, "train")) == 7
@@ -31,7 +30,7 @@ def test_iter_batches_exact_sizes_across_files(make_dataset):
     assert torch.equal(torch.cat([b.feat_idx for b in batches]), expected.feat_idx)
 
 
-def test_ranks_partition_batches_round_robin(make_dataset):
+def test_ranks_partition_batches_round_robin(make_dataset, random_rows):
     rows = random_rows(95, num_labels=20, num_features=40, max_labels=1)
     root = make_dataset(rows, num_labels=20, num_features=40, multi_label=False, rows_per_file=30)
     whole = [b.targets for b in iter_batches(root, "train", 8)]
@@ -50,13 +49,13 @@ def test_shuffle_is_a_seeded_permutation(make_dataset):
     assert sorted(a.tolist()) == list(range(200)) and a.tolist() != list(range(200))
 
 
-def test_columns_subset_keeps_labels(make_dataset):
+def test_columns_subset_keeps_labels(make_dataset, random_rows):
     root = make_dataset(random_rows(20, 5, 9, 2), num_labels=5, num_features=9, multi_label=True, text=True)
     batch = next(iter_batches(root, "train", 4, columns=["text"]))
     assert batch.feat_idx is None and batch.text == ["row 0", "row 1", "row 2", "row 3"]
 
 
-def test_label_out_of_range_names_file_and_row(make_dataset):
+def test_label_out_of_range_names_file_and_row(make_dataset, random_rows):
     rows = random_rows(40, num_labels=5, num_features=9, max_labels=2, seed=3)
     rows[33] = ([1, 7], [0], [1.0])
     root = make_dataset(rows, num_labels=5, num_features=9, multi_label=True, rows_per_file=20)

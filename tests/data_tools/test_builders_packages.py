@@ -77,7 +77,7 @@ def test_debian_rejects_unknown_label_set(tmp_path):
 
 def test_wordnet_hypernym(tmp_path_factory):
     path = build(tmp_path_factory, "wordnet-hypernym")
-    meta, counts = check_consistent(path, multi_label=True)
+    meta, _ = check_consistent(path, multi_label=True)
     assert meta.num_train + meta.num_test == 95_322 and meta.num_labels == 20_472  # WordNet 3.0 is frozen
     assert "02084071n:dog" in label_names(path) and "wordnet-base 1:3.0" in meta.source
 

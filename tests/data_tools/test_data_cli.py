@@ -15,7 +15,8 @@ def test_parse_options_typed_by_defaults():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--bogus", "1"], "unknown option '--bogus'; valid options: --full-codes, --overwrite, --seed"),
+    (["--bogus", "1"], "unknown option '--bogus'; valid options: --full-codes, --max-samples, --overwrite, --seed, "
+                      "--test-fraction"),
     (["--seed"], "option --seed needs a value"),
     (["--seed", "x"], "--seed='x': expected int"),
 ])

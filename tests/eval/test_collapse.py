@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.errors import ConfigError
 from xlc.eval.collapse import NCAccumulator, ncc_mismatch
 

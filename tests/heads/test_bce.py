@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from tests.heads.test_softmax import TARGETS, fit_top1, separable
 from xlc.errors import ConfigError, DataError
 from xlc.heads import build_head

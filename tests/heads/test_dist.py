@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.errors import ConfigError
 from xlc.heads._dist import (
     all_gather_rows,

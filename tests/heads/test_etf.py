@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.errors import ConfigError
 from xlc.heads.etf import ETFHead, simplex_etf
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.errors import ConfigError, DataError
 from xlc.heads import build_head
 from xlc.heads.mhp import MHPHead

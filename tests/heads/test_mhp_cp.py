@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.errors import ConfigError
 from xlc.heads import build_head
 from xlc.heads.mhp import MHPHead

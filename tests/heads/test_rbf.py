@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from tests.heads.test_softmax import TARGETS, fit_top1, separable
 from xlc.errors import ConfigError
 from xlc.heads import build_head

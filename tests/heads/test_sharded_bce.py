@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from tests.heads.test_sharded_softmax import CHUNK, ROWS, TOL, C, D, _loss_and_grads, _problem
 from xlc.heads import build_head
 from xlc.heads._dist import local_rows, shard_range

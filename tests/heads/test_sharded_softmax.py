@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.errors import ConfigError, DataError
 from xlc.heads import build_head
 from xlc.heads._dist import local_rows, shard_range

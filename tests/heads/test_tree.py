@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.errors import ConfigError
 from xlc.heads import build_head
 from xlc.heads.tree import LabelHierarchy, TreeHead, contiguous_hierarchy, tree_depth

@@ -3,7 +3,6 @@ uninterrupted (same seed, metrics within a tolerance: Ray Data's split order is 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from tests.helpers import last_json
 from xlc.train import checkpoint as ckpt
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,12 +32,15 @@ def _train_workers(root: psutil.Process) -> list[psutil.Process]:
 
 
 def test_killed_worker_resumes_and_matches_uninterrupted(run_config, xlc_cli, tmp_path):
+    """Both runs on a Ray of their own: the killed run's workers must be its descendants, and the kill must not
+    touch the session's shared Ray."""
     config = run_config(train={"epochs": 2, "checkpoint_every_steps": 8}, storage={"max_failures": 2})
-    reference = xlc_cli("train", str(config), "name=reference", "--json", cwd=tmp_path)
+    reference = xlc_cli("train", str(config), "name=reference", "--json", cwd=tmp_path, own_ray=True)
     assert reference.returncode == 0, reference.stderr[-4000:]
-    expected = json.loads(reference.stdout.strip().splitlines()[-1])["metrics"]
+    expected = last_json(reference.stdout)["metrics"]
 
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "xlc.cli", "train", str(config), "name=killed", "--json"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -48,10 +51,10 @@ def test_killed_worker_resumes_and_matches_uninterrupted(run_config, xlc_cli, tm
         time.sleep(0.5)
     workers = _train_workers(psutil.Process(proc.pid))
     assert len(workers) == 2, "both training workers should be running after the first checkpoint"
-    os.kill(workers[-1].pid, signal.SIGKILL)  # mid-epoch 1: step 8 of about 24
+    os.kill(workers[-1].pid, signal.SIGKILL)  # mid-epoch 1: step 8 of 25
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-4000:]
-    metrics = json.loads(out.strip().splitlines()[-1])["metrics"]
+    metrics = last_json(out)["metrics"]
 
     for key in ("p@1", "p@3", "p@5", "ndcg@5"):
         assert abs(metrics[key] - expected[key]) < TOLERANCE, (key, metrics[key], expected[key])

@@ -140,23 +140,16 @@ def test_an_address_without_a_dashboard_fails_fast_in_one_line(tmp_path, monkeyp
                                        "expected the Ray dashboard URL, e.g. http://HEAD:8265\n")
 
 
-@pytest.fixture(scope="module")
-def icd10cm_dir(tmp_path_factory) -> Path:
-    from data_tools.builders import icd10cm
-
-    return Path(icd10cm.build(str(tmp_path_factory.mktemp("data") / "icd10cm")))
-
-
 @pytest.mark.integration
-@pytest.mark.slow  # ~2 min on 2 cores: Ray head start, dataset build, a 2-worker DeepSpeed run
-def test_submit_real_run_to_local_head(ray_head, icd10cm_dir, tmp_path, capsys):
+@pytest.mark.slow  # ~2 min on 2 cores: Ray head start, a 2-worker DeepSpeed run
+def test_submit_real_run_to_local_head(ray_head, icd10cm_small, tmp_path, capsys):
     """The repository is the working dir, an example config the run; the job must succeed and log to MLflow."""
     from mlflow.tracking import MlflowClient
     from ray.job_submission import JobStatus
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [
-        "name=submit-it", f"data={icd10cm_dir}", f"storage.path={tmp_path / 'ckpt'}",
+        "name=submit-it", f"data={icd10cm_small}", f"storage.path={tmp_path / 'ckpt'}",
         "backbone.hidden=[64]", "train.epochs=1", "train.max_steps=4", "train.batch_size=64", "eval.max_rows=256",
     ]
     job_id = submit("cluster_configs/examples/icd10cm-mhp.yaml", ray_head, overrides=overrides, working_dir=ROOT,

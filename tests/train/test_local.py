@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from data_tools.builders import synthetic
-from tests.conftest import assert_close
+from tests.helpers import assert_close
 from xlc.data import read_meta
 from xlc.heads import build_head
 from xlc.train import checkpoint as ckpt

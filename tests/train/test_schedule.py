@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import assert_close, run_gloo
+from tests.helpers import assert_close
 from xlc import config as xconfig
 from xlc.bench.train import synthetic_batch
 from xlc.data.schema import DatasetMeta
@@ -76,8 +76,8 @@ def _check_clip_by_whole_head_norm(rank: int, world: int) -> None:
         assert_close(p.grad, p_full.grad[head.label_start:head.label_end])
 
 
-def test_sharded_head_is_clipped_by_its_norm_over_all_shards():
-    run_gloo(2, _check_clip_by_whole_head_norm)
+def test_sharded_head_is_clipped_by_its_norm_over_all_shards(spawn_gloo):
+    spawn_gloo(2, _check_clip_by_whole_head_norm)
 
 
 def _check_steps_at_accumulation_boundaries(rank: int, world: int, ds_json: str) -> None:
@@ -104,8 +104,8 @@ def _check_steps_at_accumulation_boundaries(rank: int, world: int, ds_json: str)
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_head_optimiser_steps_once_per_accumulation_boundary(tmp_path, world):
+def test_head_optimiser_steps_once_per_accumulation_boundary(tmp_path, world, spawn_gloo):
     ds_json = tmp_path / "ds.json"
     ds_json.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 2,
                                    "gradient_clipping": "auto", "zero_optimization": {"stage": 0}}))
-    run_gloo(world, _check_steps_at_accumulation_boundaries, str(ds_json))
+    spawn_gloo(world, _check_steps_at_accumulation_boundaries, str(ds_json))

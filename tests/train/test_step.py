@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 
-from tests.conftest import assert_close, run_gloo
+from tests.helpers import assert_close
 from xlc import config as xconfig
 from xlc.bench.train import synthetic_batch
 from xlc.data.schema import DatasetMeta
@@ -56,5 +56,5 @@ def _check_sparse_table_matches_dense(rank: int, world: int) -> None:
 
 
 @pytest.mark.parametrize("world", [1, 2])
-def test_sparse_table_gradient_and_update(world):
-    run_gloo(world, _check_sparse_table_matches_dense)
+def test_sparse_table_gradient_and_update(world, spawn_gloo):
+    spawn_gloo(world, _check_sparse_table_matches_dense)
