@@ -123,7 +123,8 @@ def compare(
     _stop_local_ray()
     print(summary["table"])
     if as_json:
-        print(json.dumps({"experiment": summary["experiment"], "runs": summary["runs"]}))
+        print(json.dumps({"experiment": summary["experiment"], "parent_run_id": summary["parent_run_id"],
+                          "runs": summary["runs"]}))
 
 
 @app.command()

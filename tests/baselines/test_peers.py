@@ -116,7 +116,7 @@ def test_compare_logs_peer_runs_beside_knn(tiny, tmp_path):
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("peers").experiment_id])}
-    assert set(runs) == {"peers-knn", "peers-plt", "peers-xr", "peers-summary"}
+    assert set(runs) == {"peers-knn", "peers-plt", "peers-xr", "peers"}  # "peers": the compare's parent run
     knn, plt, xr = runs["peers-knn"], runs["peers-plt"], runs["peers-xr"]
     assert set(plt.data.tags) >= set(knn.data.tags) and plt.data.tags["head"] == "napkinxc"
     assert plt.info.status == xr.info.status == knn.info.status == "FINISHED"
