@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +19,7 @@ from xlc.bench.heads import bench_one
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # ~30 s: the whole prepared GPU check in its tiny CPU mode, through launch/gpu_check.sh
 def test_cpu_mode_writes_the_whole_report(tmp_path):
     env = os.environ | {"OUT": str(tmp_path), "PYTHON": sys.executable}
     # one ZeRO stage: once `xlc train --local` exists, each stage is a training process of its own

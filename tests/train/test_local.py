@@ -91,6 +91,7 @@ def test_local_trains_without_mlflow_ray_or_faiss(tmp_path, dataset):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow  # ~60 s: two torch.distributed.run launches with DeepSpeed
 def test_two_gloo_ranks_match_one_rank_on_the_same_global_batch(tmp_path, dataset):
     """Batch i of the shuffled split goes to rank i % world, so 2 ranks x 32 rows see, step by step, the rows
     of 1 rank x 64; the sharded head's loss is the global-batch mean and DeepSpeed averages the backbone."""
