@@ -36,7 +36,7 @@ def dataset(tmp_path_factory) -> Path:
 def write_config(tmp_path: Path, dataset: Path, name: str, **train) -> Path:
     raw = {
         "name": name, "data": str(dataset),
-        "backbone": {"name": "mlp", "hidden": [64], "dropout": 0.0},
+        "backbone": {"name": "mlp", "hidden": [64], "dropout": 0.0, "options": {"sparse_grad": True}},
         "head": {"name": "softmax"},
         "train": {"epochs": 1, "batch_size": 64, "lr": 0.01, "log_every_steps": 5, **train},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "local"},
