@@ -161,25 +161,34 @@ def run(specs, label_counts, batch, dim, worlds, repeats=3, progress=None) -> li
         parse_spec(spec)
     if any(w < 1 for w in worlds):
         raise ConfigError(f"--world={worlds}: expected world sizes >= 1")
-    ctx = mp.get_context("spawn")
     rows = []
     for world in worlds:
-        results = ctx.SimpleQueue()
-        args = (world, _free_port(), specs, label_counts, batch, dim, repeats, results)
-        procs = [ctx.Process(target=_rank_main, args=(r, *args)) for r in range(world)]
-        for p in procs:
-            p.start()
-        for _ in range(len(specs) * len(label_counts)):
-            kind, value = results.get()
-            if kind == "error":
-                for p in procs:
-                    p.kill()
-                raise RuntimeError(f"benchmark rank failed: {value}")
-            rows.append(value)
-            if progress:
-                progress(value)
-        for p in procs:
-            p.join()
+        rows += run_ranks(world, _rank_main, (specs, label_counts, batch, dim, repeats), len(specs) * len(label_counts),
+                          progress)
+    return rows
+
+
+def run_ranks(world: int, target, args: tuple, num_rows: int, progress=None) -> list[dict]:
+    """Spawn `world` gloo ranks running `target(rank, world, port, *args, results)` and collect the `num_rows`
+    rows rank 0 puts on `results` as ("row", row); a rank's ("error", traceback) kills them all and raises."""
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=target, args=(r, world, port, *args, results)) for r in range(world)]
+    for p in procs:
+        p.start()
+    rows = []
+    for _ in range(num_rows):
+        kind, value = results.get()
+        if kind == "error":
+            for p in procs:
+                p.kill()
+            raise RuntimeError(f"benchmark rank failed: {value}")
+        rows.append(value)
+        if progress:
+            progress(value)
+    for p in procs:
+        p.join()
     return rows
 
 

@@ -20,11 +20,10 @@ import traceback
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from xlc import config as xconfig
 from xlc.bench.heads import _label_counts, print_rows, row_printer
-from xlc.bench.sharded import _free_port
+from xlc.bench.sharded import run_ranks
 from xlc.data.collate import Batch
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
@@ -102,26 +101,7 @@ def run(cases: list[dict], world: int, steps: int, warmup: int, progress=None) -
     """One row per case (see the module docstring), all on one set of `world` ranks."""
     if world < 1 or steps < 1:
         raise ConfigError(f"--world={world}, --steps={steps}: expected positive integers")
-    ctx = mp.get_context("spawn")
-    results = ctx.SimpleQueue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, world, port, cases, steps, warmup, results))
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    rows = []
-    for _ in cases:
-        kind, value = results.get()
-        if kind == "error":
-            for p in procs:
-                p.kill()
-            raise RuntimeError(f"benchmark rank failed: {value}")
-        rows.append(value)
-        if progress:
-            progress(value)
-    for p in procs:
-        p.join()
-    return rows
+    return run_ranks(world, _rank_main, (cases, steps, warmup), len(cases), progress)
 
 
 def format_table(rows: list[dict]) -> str:
