@@ -71,3 +71,12 @@ def icd10cm_small(tmp_path_factory) -> Path:
     from data_tools.builders import icd10cm
 
     return icd10cm.build(str(tmp_path_factory.mktemp("data") / "icd10cm-small"), max_samples=7500)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n N` (tests/run.sh), every integration test runs on one xdist worker, in file order, so
+    the session shares one Ray head and one copy of each dataset fixture; the other workers take the unit and
+    gloo tests beside it (an integration test mostly waits on Ray and subprocesses, so two cores overlap)."""
+    for item in items:
+        if item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -3,6 +3,7 @@ MLflow or the training package; baselines never import training either. Within h
 touches torch.distributed."""
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,35 +13,71 @@ import pytest
 HEAVY = ("ray", "deepspeed", "mlflow")
 
 
-@pytest.mark.parametrize(
-    "package, forbidden",
-    [
-        ("xlc.heads", HEAVY + ("xlc.train", "xlc.data", "xlc.eval", "xlc.tracking", "faiss")),
-        ("xlc.backbones", HEAVY + ("xlc.train", "xlc.tracking")),
-        ("xlc.eval", HEAVY + ("xlc.train", "xlc.tracking")),
-        ("xlc.data", HEAVY + ("xlc.train", "xlc.tracking")),
-        ("xlc.data.stats", HEAVY + ("xlc.train", "xlc.tracking")),
-        ("xlc.baselines.tree", HEAVY + ("xlc.train", "xlc.tracking")),
-        ("xlc.baselines.knn", HEAVY + ("xlc.train", "xlc.tracking")),
-        # the Ray-free half of the training package: model assembly, evaluation, checkpoint format
-        ("xlc.train.model", ("ray", "deepspeed", "mlflow")),
-        ("xlc.train.evaluation", ("ray", "deepspeed", "mlflow")),
-        ("xlc.train.checkpoint", ("ray", "deepspeed", "mlflow")),
-        ("xlc.train.offline", ("ray", "deepspeed")),
-        # the loop and the --local launcher: Ray only through ray_runtime.py, DeepSpeed and MLflow on use
-        ("xlc.train.driver", ("ray", "deepspeed", "mlflow", "faiss")),
-        ("xlc.train.schedule", ("ray", "deepspeed", "mlflow")),
-        ("xlc.train.worker", ("ray", "deepspeed", "mlflow")),
-        ("xlc.train.local", ("ray", "deepspeed", "mlflow", "faiss")),
-        ("data_tools.stats", HEAVY + ("xlc.train", "xlc.tracking")),
-        ("xlc.baselines.peers", HEAVY + ("xlc.train", "xlc.tracking", "napkinxc", "pecos")),  # libraries: on use
-    ],
-)
-def test_package_imports_stay_light(package, forbidden):
-    code = (f"import sys, {package}; "
-            f"print(sorted(m for m in sys.modules if any(m == f or m.startswith(f + '.') for f in {forbidden!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", f"{package} pulls in {out.strip()}"
+LIGHT = [
+    ("xlc.heads", HEAVY + ("xlc.train", "xlc.data", "xlc.eval", "xlc.tracking", "faiss")),
+    ("xlc.backbones", HEAVY + ("xlc.train", "xlc.tracking")),
+    ("xlc.eval", HEAVY + ("xlc.train", "xlc.tracking")),
+    ("xlc.data", HEAVY + ("xlc.train", "xlc.tracking")),
+    ("xlc.data.stats", HEAVY + ("xlc.train", "xlc.tracking")),
+    ("xlc.baselines.tree", HEAVY + ("xlc.train", "xlc.tracking")),
+    ("xlc.baselines.knn", HEAVY + ("xlc.train", "xlc.tracking")),
+    # the Ray-free half of the training package: model assembly, evaluation, checkpoint format
+    ("xlc.train.model", ("ray", "deepspeed", "mlflow")),
+    ("xlc.train.evaluation", ("ray", "deepspeed", "mlflow")),
+    ("xlc.train.checkpoint", ("ray", "deepspeed", "mlflow")),
+    ("xlc.train.offline", ("ray", "deepspeed")),
+    # the loop and the --local launcher: Ray only through ray_runtime.py, DeepSpeed and MLflow on use
+    ("xlc.train.driver", ("ray", "deepspeed", "mlflow", "faiss")),
+    ("xlc.train.schedule", ("ray", "deepspeed", "mlflow")),
+    ("xlc.train.worker", ("ray", "deepspeed", "mlflow")),
+    ("xlc.train.local", ("ray", "deepspeed", "mlflow", "faiss")),
+    ("data_tools.stats", HEAVY + ("xlc.train", "xlc.tracking")),
+    ("xlc.baselines.peers", HEAVY + ("xlc.train", "xlc.tracking", "napkinxc", "pecos")),  # libraries: on use
+]
+
+CONTROL = ("xlc.train.trainer", ("ray",))  # the Ray driver: the probe must see its import
+
+# One interpreter imports what every package shares (numpy, pyarrow, torch: none is forbidden anywhere), then
+# forks a fresh child per package, so each verdict sees exactly the modules that package pulls in.
+_PROBE = """
+import importlib, json, os, sys
+import numpy, pyarrow, torch
+verdicts = {}
+for package, forbidden in json.loads(sys.argv[1]):
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.close(read)
+        try:
+            importlib.import_module(package)
+            found = sorted(m for m in sys.modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+        except BaseException as e:
+            found = [f"import failed: {e!r}"]
+        os.write(write, json.dumps(found).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        verdicts[package] = json.loads(pipe.read())
+    os.wait()
+print(json.dumps(verdicts))
+"""
+
+
+@pytest.fixture(scope="module")
+def pulled_in() -> dict[str, list[str]]:
+    """package -> the forbidden modules importing it loads."""
+    cases = LIGHT + [CONTROL]
+    out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(cases)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_probe_sees_a_heavy_import(pulled_in):
+    package, forbidden = CONTROL
+    assert forbidden[0] in pulled_in[package]
+
+
+@pytest.mark.parametrize("package, forbidden", LIGHT)
+def test_package_imports_stay_light(package, forbidden, pulled_in):
+    assert pulled_in[package] == [], f"{package} pulls in {pulled_in[package]}"
 
 
 def _uses_torch_distributed(tree: ast.AST) -> bool:

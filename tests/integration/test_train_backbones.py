@@ -8,7 +8,7 @@ import pytest
 from tests.helpers import last_json
 from xlc.data import read_meta
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~40 s each on 2 cores: the slow stage
 
 
 def test_minilm_frozen_runs_end_to_end(run_config, xlc_cli, icd10cm_small, tmp_path):

@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import last_json
 from xlc.data import iter_batches, read_meta
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~40 s each on 2 cores: the slow stage
 
 
 def test_sharded_softmax_trains_and_evaluates_offline(run_config, xlc_cli, xlc_main, synthetic_data, learned_p1,
