@@ -13,6 +13,7 @@ MLflow tracking URI (`--tracking-uri`, a server all nodes reach). Checkpoints go
 from __future__ import annotations
 
 import asyncio
+import os
 import shlex
 import sys
 import tomllib
@@ -52,6 +53,8 @@ DEFAULT_ENV = {
     # (deepspeed: cluster_configs/deepspeed/...json, data: data/...) stop resolving against the uploaded dir.
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
 }
+
+DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")  # where `ray get-auth-token --generate` writes it
 
 # The driver command; `python -m` works whether xlc is pip-installed on the image or only on PYTHONPATH
 # (Ray puts the uploaded working dir first on every worker's PYTHONPATH).
@@ -153,15 +156,28 @@ def build_job(
     }
 
 
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer TOKEN` with the Ray auth token from where Ray's token-auth guide keeps it
+    ($RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token), or {} when there is none or
+    RAY_AUTH_MODE=disabled. A cluster started with a token requires it; Ray's own client sends it only when
+    RAY_AUTH_MODE=token is set in the submitting shell."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        given = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        path = Path(given or DEFAULT_TOKEN_PATH).expanduser()
+        if given and not path.is_file():  # Ray aborts here too, never falls back
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH={str(path)!r}: no such file; point it at the cluster's auth token")
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def job_client(address: str):
-    """A `JobSubmissionClient` that, like `ray.init` connecting to a cluster, sends the Ray auth token
-    (`$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or ~/.ray/auth_token) when there is one: Ray >= 2.5x
-    clusters started where a token exists require it, and the plain client only sends it if RAY_AUTH_MODE=token."""
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    """A `JobSubmissionClient` for the dashboard at `address`, sending the Ray auth token when there is one."""
     from ray.job_submission import JobSubmissionClient
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    return JobSubmissionClient(address)
+    return JobSubmissionClient(address, headers=auth_headers())
 
 
 def follow(address: str, job_id: str, *, out=sys.stdout) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.submit import ENTRYPOINT, WORKING_DIR_EXCLUDES, build_job, follow, job_client, main, pinned_requirements, submit
+from launch.submit import (ENTRYPOINT, WORKING_DIR_EXCLUDES, auth_headers, build_job, follow, job_client, main,
+                           pinned_requirements, submit)
 from xlc.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +77,29 @@ def test_excludes_as_ray_packs_them(tmp_path):
     names = set(zipfile.ZipFile(tmp_path / "pkg.zip").namelist())
     assert set(kept) <= names
     assert not names & set(dropped), sorted(names & set(dropped))
+
+
+def test_auth_token_found_where_ray_documents_it(tmp_path, monkeypatch):
+    """$RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; none at all sends no header."""
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
+    assert auth_headers() == {"Authorization": "Bearer home-token"}
+    (tmp_path / "elsewhere").write_text("path-token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere"))
+    assert auth_headers() == {"Authorization": "Bearer path-token"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token")
+    assert auth_headers() == {"Authorization": "Bearer env-token"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert auth_headers() == {}
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="RAY_AUTH_TOKEN_PATH=.*missing.*no such file"):
+        auth_headers()
 
 
 def test_pinned_requirements_follow_constraints():
