@@ -6,6 +6,8 @@ unchanged on the cluster. Two things must be shared by every node and are theref
 uploaded: the dataset directory (`data=/shared/...` override; `data/` is never uploaded) and the
 MLflow tracking URI (`--tracking-uri`, a server all nodes reach). Checkpoints go to `storage.path`.
 
+`--dry-run` prints the same job as one plain `ray job submit ...` line instead, for Ray's own CLI.
+
 `pip=None` assumes the cluster image already has xlc's dependencies (see cluster_configs/*.yaml);
 `pinned_requirements()` gives the runtime dependencies pinned from constraints.txt for a bare image.
 """
@@ -13,6 +15,7 @@ MLflow tracking URI (`--tracking-uri`, a server all nodes reach). Checkpoints go
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import sys
@@ -156,6 +159,25 @@ def build_job(
     }
 
 
+def ray_job_submit_line(job: dict, address: str, working_dir: str | Path = ".") -> str:
+    """`job` (from `build_job`) as one plain `ray job submit` command line, shell-quoted, to run with Ray's own CLI
+    from where `working_dir` (as given) is the directory to upload. Ray's CLI re-joins the words after `--` with
+    shlex, so the job's entrypoint arrives exactly as `build_job` wrote it."""
+    runtime_env = {k: v for k, v in job["runtime_env"].items() if k != "working_dir"}  # travels as --working-dir
+    argv = ["ray", "job", "submit", "--address", address, "--working-dir", str(working_dir),
+            "--runtime-env-json", json.dumps(runtime_env, separators=(",", ":")), "--"]
+    return f"{shlex.join(argv)} {job['entrypoint']}"
+
+
+def _warn_if_untracked(job: dict) -> None:
+    if "MLFLOW_TRACKING_URI" not in job["runtime_env"]["env_vars"]:
+        print(
+            "warning: tracking.uri is null, so the MLflow run is written inside the job's temporary working dir "
+            "on the cluster; pass --tracking-uri with a server every node reaches",
+            file=sys.stderr,
+        )
+
+
 def auth_headers() -> dict[str, str]:
     """`Authorization: Bearer TOKEN` with the Ray auth token from where Ray's token-auth guide keeps it
     ($RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token), or {} when there is none or
@@ -210,12 +232,7 @@ def submit(
     """
     job = build_job(config_path, overrides=overrides, working_dir=working_dir, pip=pip, env=env, tracking_uri=tracking_uri)
     check_answers(address, "--address", "the Ray dashboard URL, e.g. http://HEAD:8265")
-    if "MLFLOW_TRACKING_URI" not in job["runtime_env"]["env_vars"]:
-        print(
-            "warning: tracking.uri is null, so the MLflow run is written inside the job's temporary working dir "
-            "on the cluster; pass --tracking-uri with a server every node reaches",
-            file=sys.stderr,
-        )
+    _warn_if_untracked(job)
     job_id = job_client(address).submit_job(**job)
     print(f"submitted job {job_id}: {job['entrypoint']}")
     print(f"follow its logs: ray job logs --follow --address {shlex.quote(address)} {job_id}")
@@ -246,9 +263,18 @@ def submit_command(
     env: Annotated[Optional[list[str]], typer.Option(help="extra NAME=VALUE environment variable; repeatable")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI every node reaches")] = None,
     wait: Annotated[bool, typer.Option(help="stream the job's logs and exit non-zero unless it succeeds")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="print the equivalent plain `ray job submit` command line and submit nothing")
+    ] = False,
 ) -> None:
     """Submit `xlc train CONFIG key=value...` to a Ray cluster as a Ray job and print the job id."""
     pip = pinned_requirements(working_dir, faiss) if install_deps else None
+    if dry_run:  # the cluster is not contacted: the config is checked and the command printed
+        job = build_job(config, overrides=overrides or (), working_dir=working_dir, pip=pip,
+                        env=_parse_env(env or ()), tracking_uri=tracking_uri)
+        _warn_if_untracked(job)
+        print(ray_job_submit_line(job, address, working_dir))
+        return
     try:
         submit(
             config,
