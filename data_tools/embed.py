@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from data_tools.writer import DatasetWriter, check_out_dir, sparse_table
 from xlc.backbones.minilm import DIM, PACKAGE, MiniLMEncoder
 from xlc.data import iter_tables, label_names, read_meta
 from xlc.data.schema import LABELS, SPLITS, TEXT, as_array
 from xlc.errors import DataError
+from xlc.progress import progress
 
 
 ENCODE_BATCH = 64  # texts per encoder call, taken in length order so little of a call is padding
@@ -57,12 +57,12 @@ def embed_dataset(src: str | Path, out_dir: str | Path, *, batch_size: int = 204
     with DatasetWriter(out_dir, out_meta, overwrite=overwrite) as writer, torch.inference_mode():
         for split in SPLITS:
             rows = meta.num_train if split == "train" else meta.num_test
-            with tqdm(total=rows, desc=f"embed {split}", unit="row", leave=False) as progress:
+            with progress(desc=f"embed {split}", total=rows, unit="row") as bar:
                 for table in iter_tables(src, split, batch_size, columns=[LABELS, TEXT]):
                     texts = table.column(TEXT).to_pylist()
                     vectors = embed_sorted(encoder, texts)  # [B, 384]
                     indptr = np.arange(0, DIM * (len(texts) + 1), DIM)  # [B+1]
                     writer.write(split, sparse_table(as_array(table.column(LABELS)), indptr,
                                                      np.tile(dense_idx, len(texts)), vectors.ravel(), text=texts))
-                    progress.update(len(table))
+                    bar.update(len(table))
         return writer.finish(label_names(src))

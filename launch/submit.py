@@ -6,6 +6,8 @@ unchanged on the cluster. Two things must be shared by every node and are theref
 uploaded: the dataset directory (`data=/shared/...` override; `data/` is never uploaded) and the
 MLflow tracking URI (`--tracking-uri`, a server all nodes reach). Checkpoints go to `storage.path`.
 
+`--dry-run` prints the same job as one plain `ray job submit ...` line instead, for Ray's own CLI.
+
 `pip=None` assumes the cluster image already has xlc's dependencies (see cluster_configs/*.yaml);
 `pinned_requirements()` gives the runtime dependencies pinned from constraints.txt for a bare image.
 """
@@ -13,6 +15,8 @@ MLflow tracking URI (`--tracking-uri`, a server all nodes reach). Checkpoints go
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shlex
 import sys
 import tomllib
@@ -52,6 +56,8 @@ DEFAULT_ENV = {
     # (deepspeed: cluster_configs/deepspeed/...json, data: data/...) stop resolving against the uploaded dir.
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
 }
+
+DEFAULT_TOKEN_PATH = Path("~/.ray/auth_token")  # where `ray get-auth-token --generate` writes it
 
 # The driver command; `python -m` works whether xlc is pip-installed on the image or only on PYTHONPATH
 # (Ray puts the uploaded working dir first on every worker's PYTHONPATH).
@@ -153,15 +159,47 @@ def build_job(
     }
 
 
+def ray_job_submit_line(job: dict, address: str, working_dir: str | Path = ".") -> str:
+    """`job` (from `build_job`) as one plain `ray job submit` command line, shell-quoted, to run with Ray's own CLI
+    from where `working_dir` (as given) is the directory to upload. Ray's CLI re-joins the words after `--` with
+    shlex, so the job's entrypoint arrives exactly as `build_job` wrote it."""
+    runtime_env = {k: v for k, v in job["runtime_env"].items() if k != "working_dir"}  # travels as --working-dir
+    argv = ["ray", "job", "submit", "--address", address, "--working-dir", str(working_dir),
+            "--runtime-env-json", json.dumps(runtime_env, separators=(",", ":")), "--"]
+    return f"{shlex.join(argv)} {job['entrypoint']}"
+
+
+def _warn_if_untracked(job: dict) -> None:
+    if "MLFLOW_TRACKING_URI" not in job["runtime_env"]["env_vars"]:
+        print(
+            "warning: tracking.uri is null, so the MLflow run is written inside the job's temporary working dir "
+            "on the cluster; pass --tracking-uri with a server every node reaches",
+            file=sys.stderr,
+        )
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization: Bearer TOKEN` with the Ray auth token from where Ray's token-auth guide keeps it
+    ($RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token), or {} when there is none or
+    RAY_AUTH_MODE=disabled. A cluster started with a token requires it; Ray's own client sends it only when
+    RAY_AUTH_MODE=token is set in the submitting shell."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        given = os.environ.get("RAY_AUTH_TOKEN_PATH")
+        path = Path(given or DEFAULT_TOKEN_PATH).expanduser()
+        if given and not path.is_file():  # Ray aborts here too, never falls back
+            raise ConfigError(f"RAY_AUTH_TOKEN_PATH={str(path)!r}: no such file; point it at the cluster's auth token")
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def job_client(address: str):
-    """A `JobSubmissionClient` that, like `ray.init` connecting to a cluster, sends the Ray auth token
-    (`$RAY_AUTH_TOKEN`, `$RAY_AUTH_TOKEN_PATH` or ~/.ray/auth_token) when there is one: Ray >= 2.5x
-    clusters started where a token exists require it, and the plain client only sends it if RAY_AUTH_MODE=token."""
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    """A `JobSubmissionClient` for the dashboard at `address`, sending the Ray auth token when there is one."""
     from ray.job_submission import JobSubmissionClient
 
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    return JobSubmissionClient(address)
+    return JobSubmissionClient(address, headers=auth_headers())
 
 
 def follow(address: str, job_id: str, *, out=sys.stdout) -> str:
@@ -194,12 +232,7 @@ def submit(
     """
     job = build_job(config_path, overrides=overrides, working_dir=working_dir, pip=pip, env=env, tracking_uri=tracking_uri)
     check_answers(address, "--address", "the Ray dashboard URL, e.g. http://HEAD:8265")
-    if "MLFLOW_TRACKING_URI" not in job["runtime_env"]["env_vars"]:
-        print(
-            "warning: tracking.uri is null, so the MLflow run is written inside the job's temporary working dir "
-            "on the cluster; pass --tracking-uri with a server every node reaches",
-            file=sys.stderr,
-        )
+    _warn_if_untracked(job)
     job_id = job_client(address).submit_job(**job)
     print(f"submitted job {job_id}: {job['entrypoint']}")
     print(f"follow its logs: ray job logs --follow --address {shlex.quote(address)} {job_id}")
@@ -230,9 +263,18 @@ def submit_command(
     env: Annotated[Optional[list[str]], typer.Option(help="extra NAME=VALUE environment variable; repeatable")] = None,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI every node reaches")] = None,
     wait: Annotated[bool, typer.Option(help="stream the job's logs and exit non-zero unless it succeeds")] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="print the equivalent plain `ray job submit` command line and submit nothing")
+    ] = False,
 ) -> None:
     """Submit `xlc train CONFIG key=value...` to a Ray cluster as a Ray job and print the job id."""
     pip = pinned_requirements(working_dir, faiss) if install_deps else None
+    if dry_run:  # the cluster is not contacted: the config is checked and the command printed
+        job = build_job(config, overrides=overrides or (), working_dir=working_dir, pip=pip,
+                        env=_parse_env(env or ()), tracking_uri=tracking_uri)
+        _warn_if_untracked(job)
+        print(ray_job_submit_line(job, address, working_dir))
+        return
     try:
         submit(
             config,

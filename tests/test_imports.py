@@ -126,3 +126,34 @@ def test_xlc_never_imports_its_sibling_packages():
             for node in ast.walk(ast.parse(path.read_text())))
     ]
     assert offenders == []
+
+
+def _private_ray_imports(tree: ast.AST) -> list[str]:
+    """Dotted names imported from ray whose path has a private part (`ray._private...`, `ray._raylet`,
+    `ray.autoscaler._private...`, `from ray import _private`): Ray may change those in any release."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found += [n for n in names if n.split(".")[0] == "ray" and any(p.startswith("_") for p in n.split(".")[1:])]
+    return found
+
+
+def test_no_private_ray_imports():
+    """xlc, launch and data_tools use Ray's public API only, so a Ray upgrade cannot break them silently."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = {
+        str(path.relative_to(root)): names
+        for package in ("xlc", "launch", "data_tools")
+        for path in (root / package).rglob("*.py")
+        if (names := _private_ray_imports(ast.parse(path.read_text(), str(path))))
+    }
+    assert offenders == {}
+    caught = ["import ray._private.utils", "from ray._private.authentication import x", "from ray import _raylet",
+              "from ray.autoscaler._private.util import prepare_config"]
+    assert all(_private_ray_imports(ast.parse(code)) for code in caught)
+    assert not _private_ray_imports(ast.parse("import ray\nfrom ray.job_submission import JobSubmissionClient"))

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 
+from xlc import progress
 from xlc.errors import ConfigError, DataError, XlcError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and compare extreme-label classifier heads.")
@@ -55,6 +56,9 @@ def train(
     """Train one run (resumes a run of the same name); print its MLflow run id and final metrics."""
     from xlc.config import load
 
+    if as_json:  # stdout is the result's; step lines stay on stderr, progress bars off
+        progress.quiet()
+
     cfg = load(config, overrides or [])
     # Under torchrun, --local is implied: its own parser rejects a `--local` after the script as an ambiguous
     # prefix of its options (`torchrun ... -m xlc.cli -- train CONFIG --local` passes it through).
@@ -80,6 +84,9 @@ def evaluate(
 ) -> None:
     """Score a trained run's latest valid checkpoint on a dataset's test split, in this process."""
     from xlc.net import check_answers, is_http
+
+    if as_json:
+        progress.quiet()
 
     if uri and is_http(uri) and not Path(ref).is_dir():  # MLflow would retry a dead server for minutes
         check_answers(uri, "--uri", "a running MLflow tracking server, or no --uri for the local store")
@@ -118,6 +125,9 @@ def compare(
 ) -> None:
     """Run several heads/baselines on one dataset and print one side-by-side table."""
     from xlc.compare import run_compare
+
+    if as_json:
+        progress.quiet()
 
     summary = run_compare(config, overrides or [], out_dir=out_dir)
     _stop_local_ray()

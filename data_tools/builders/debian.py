@@ -27,11 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data_tools.builders.text import write_text_dataset
 from data_tools.splits import group_split
 from xlc.errors import ConfigError, DataError
+from xlc.progress import progress
 
 LISTS = Path("/var/lib/apt/lists")
 APT_HELPER = "/usr/lib/apt/apt-helper"
@@ -98,10 +98,10 @@ def first_alternatives(*fields: str) -> list[str]:
 def parse_packages(packages: Path, translations: Path) -> list[dict]:
     """One record (pkg, source, text, depends, debtags, maintainer) per package with an English description."""
     descriptions = {(r["Package"], r["Description-md5"]): r["Description-en"]
-                    for r in tqdm(stanzas(translations), desc="debian: Translation-en", leave=False)
+                    for r in progress(stanzas(translations), desc="debian: Translation-en")
                     if "Description-en" in r}
     records = []
-    for r in tqdm(stanzas(packages), desc="debian: Packages", leave=False):
+    for r in progress(stanzas(packages), desc="debian: Packages"):
         description = descriptions.get((r.get("Package"), r.get("Description-md5")))
         if description is None:
             continue

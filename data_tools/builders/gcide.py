@@ -22,13 +22,13 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data_tools.builders.packages import apt_package_dir, apt_package_version
 from data_tools.builders.text import write_text_dataset
 from data_tools.builders.wordnet import PACKAGE as WORDNET, parse_synsets
 from data_tools.splits import stratified_split
 from xlc.errors import ConfigError, DataError
+from xlc.progress import progress
 
 PACKAGE = "dict-gcide"
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -108,7 +108,7 @@ def gcide_samples(dictd: Path) -> list[tuple[str, str]]:
     with gzip.open(dictionary) as f:  # dictzip is gzip with a random-access index we do not need
         data = f.read()
     samples = []
-    for offset, length in tqdm(sorted(articles), desc="gcide: articles", leave=False):
+    for offset, length in progress(sorted(articles), desc="gcide: articles"):
         headword, definitions = article_definitions(data[offset:offset + length].decode("utf-8", "replace"))
         samples.extend((text, headword) for text in definitions)
     return samples

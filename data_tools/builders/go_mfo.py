@@ -22,13 +22,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data_tools.builders.packages import apt_download, cache_dir
 from data_tools.builders.text import write_text_dataset
 from data_tools.featurise import KMER3
 from data_tools.splits import group_split
 from xlc.errors import ConfigError, DataError
+from xlc.progress import progress
 
 PACKAGE = "metastudent-data"
 ONTOLOGIES = ("MFO", "BPO", "CCO")
@@ -46,7 +46,7 @@ def read_members(deb: Path, names: set[str]) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tqdm(tar, desc=f"{PACKAGE}: unpack", leave=False):
+            for member in progress(tar, desc=f"{PACKAGE}: unpack"):
                 name = member.name.removeprefix("./")
                 if name in names:
                     found[name] = tar.extractfile(member).read()
@@ -74,7 +74,7 @@ def blast_protein_db(pin: bytes, phr: bytes, psq: bytes, where: str) -> tuple[li
     header_offsets = np.frombuffer(pin, ">i4", n + 1, p).tolist()  # [n+1]
     seq_offsets = np.frombuffer(pin, ">i4", n + 1, p + 4 * (n + 1)).astype(np.int64)  # [n+1]
     accessions = []
-    for i in tqdm(range(n), desc=f"{where}: headers", leave=False):
+    for i in progress(range(n), desc=f"{where}: headers"):
         m = _ACCESSION.search(phr, header_offsets[i], header_offsets[i + 1])
         if m is None:
             raise DataError(f"{where}.phr: sequence {i} has no `ACCESSION|GO:...` title")
@@ -107,7 +107,7 @@ def build(out_dir: str, *, ontology: str = "MFO", max_samples: int = 60_000, tes
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_samples, replace=False))
     # psq separates sequences with a NUL sentinel byte
     sequences = [psq[seq_offsets[i]:seq_offsets[i + 1]].rstrip(b"\x00").translate(_TO_LETTERS).decode()
-                 for i in tqdm(rows, desc=f"{where}: sequences", leave=False)]
+                 for i in progress(rows, desc=f"{where}: sequences")]
     return write_text_dataset(
         out_dir, name=f"go-{ontology.lower()}", texts=sequences, labels=[terms[accessions[i]] for i in rows],
         test=group_split(np.array(sequences), test_fraction, seed), multi_label=True, featuriser=KMER3,

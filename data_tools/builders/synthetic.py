@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from data_tools.writer import DatasetWriter, label_lists, sparse_table
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
+from xlc.progress import progress
 
 CHUNK = 100_000
 
@@ -94,7 +94,7 @@ def build(out_dir: str, *, samples: int = 100_000, labels: int = 100_000, labels
                        num_features=features, source="xlc synthetic generator", created_by="xlc data build",
                        options=options)
     with DatasetWriter(out_dir, meta, overwrite=overwrite) as writer:
-        for i, start in enumerate(tqdm(range(0, samples, CHUNK), desc="synthetic", leave=False)):
+        for i, start in enumerate(progress(range(0, samples, CHUNK), desc="synthetic")):
             n = min(CHUNK, samples - start)
             chunk_rng = np.random.default_rng([seed, i])  # chunk i is the same whatever the chunk count before
             lab_off, lab, f_off, f_idx, f_val = _chunk(chunk_rng, n, perm, features, labels_per_sample, power,

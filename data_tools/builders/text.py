@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from data_tools.featurise import WORDS, Featuriser
 from data_tools.writer import DatasetWriter, label_lists, sparse_table
 from xlc.data.schema import DatasetMeta
+from xlc.progress import progress
 
 CHUNK = 20_000  # rows featurised and written at a time
 
@@ -55,7 +55,7 @@ def write_text_dataset(
         meta.options["featuriser"] = feats.save(writer.path)
         meta.files["vocabulary"] = "vocab.parquet"
         for split, rows in (("train", train_rows), ("test", test_rows)):
-            for start in tqdm(range(0, len(rows), CHUNK), desc=f"{name}: write {split}", leave=False):
+            for start in progress(range(0, len(rows), CHUNK), desc=f"{name}: write {split}"):
                 chunk = rows[start:start + CHUNK]  # [C] row numbers
                 chunk_texts = [texts[i] for i in chunk]
                 X = feats.transform(chunk_texts)

@@ -77,6 +77,32 @@ def test_local_config_binds_loopback():
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
 
 
+# A literal secret: NAME=value where the value is not a shell expansion ($VAR, "$(...)").
+LITERAL_SECRET = re.compile(r"(RAY_AUTH_TOKEN|PASSWORD|SECRET_KEY)=(?![\"']?\$)\S")
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_launcher_secure_defaults(name):
+    """Ray token auth on every node with the token copied from your machine, the dashboard on loopback (reached
+    by `ray dashboard` port-forwarding), and any MLflow server behind MLflow's basic-auth app."""
+    raw = _yaml(CONFIGS / name)
+    starts = [c for c in raw["head_start_ray_commands"] + raw["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    head = next(c for c in starts if "--head" in c)
+    assert "--dashboard-host=127.0.0.1" in head and "--dashboard-host=0.0.0.0" not in head
+    mounts = raw["file_mounts"]
+    assert any(remote.endswith("/.ray/auth_token") and local == "~/.ray/auth_token" for remote, local in mounts.items())
+    servers = [c for c in raw["head_start_ray_commands"] if "mlflow server" in c]
+    for server in servers:
+        assert "--app-name basic-auth" in server
+        assert 'MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_TRACKING_PASSWORD"' in server  # set from the mounted env file
+    if servers:  # every Ray process (the driver, each rank 0) gets MLflow's client credentials from the same file
+        assert mounts["/home/ray/.xlc/mlflow.env"] == "~/.xlc/mlflow.env"
+        assert all(". ~/.xlc/mlflow.env" in c for c in starts)
+        assert "mlflow[auth]" in " ".join(raw["head_setup_commands"])
+    assert not LITERAL_SECRET.search((CONFIGS / name).read_text())
+
+
 def _load_run_config(path: Path, overrides=()):
     from xlc.config import load
 
@@ -107,10 +133,30 @@ def test_kuberay_rayjob():
         assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"]
 
 
+def test_kuberay_rayjob_secure_defaults():
+    """Token auth by the operator; the dashboard on the pod network only because the token guards it (reached by
+    `kubectl port-forward`: no Service is exposed); MLflow credentials only from a Secret, in every pod."""
+    spec = _yaml(CONFIGS / RAYJOB)["spec"]["rayClusterSpec"]
+    assert spec["authOptions"] == {"mode": "token"}
+    host = spec["headGroupSpec"]["rayStartParams"].get("dashboard-host", "127.0.0.1")
+    assert host == "127.0.0.1" or spec["authOptions"]["mode"] == "token"
+    head = spec["headGroupSpec"]
+    assert head.get("serviceType", "ClusterIP") == "ClusterIP" and not head.get("enableIngress")
+    pods = [spec["headGroupSpec"]] + spec["workerGroupSpecs"]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["template"]["spec"]["containers"][0]["env"]}
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"] == "xlc-mlflow"
+    assert not LITERAL_SECRET.search((CONFIGS / RAYJOB).read_text())
+    assert LITERAL_SECRET.search("RAY_AUTH_TOKEN=abc") and not LITERAL_SECRET.search('A_PASSWORD="$B" SECRET_KEY=$C')
+
+
 def test_dockerfile_matches_ray_and_rayjob_workdir():
     text = (ROOT / "launch" / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{ray.__version__}-py311-gpu" in text
     assert "WORKDIR /home/ray/xlc" in text and "-c constraints.txt" in text
+    assert re.search(r"^ENV .*RAY_AUTH_MODE=token", text, re.M) and '"mlflow[auth]"' in text
+    assert not LITERAL_SECRET.search(text)
 
 
 @pytest.mark.parametrize("name", DEEPSPEED)

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import shlex
 import socket
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -13,7 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.submit import ENTRYPOINT, WORKING_DIR_EXCLUDES, build_job, follow, job_client, main, pinned_requirements, submit
+from launch.submit import (ENTRYPOINT, WORKING_DIR_EXCLUDES, auth_headers, build_job, follow, job_client, main,
+                           pinned_requirements, submit)
+from tests.helpers import free_ports
 from xlc.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +84,29 @@ def test_excludes_as_ray_packs_them(tmp_path):
     assert not names & set(dropped), sorted(names & set(dropped))
 
 
+def test_auth_token_found_where_ray_documents_it(tmp_path, monkeypatch):
+    """$RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; none at all sends no header."""
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("home-token\n")
+    assert auth_headers() == {"Authorization": "Bearer home-token"}
+    (tmp_path / "elsewhere").write_text("path-token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "elsewhere"))
+    assert auth_headers() == {"Authorization": "Bearer path-token"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "env-token")
+    assert auth_headers() == {"Authorization": "Bearer env-token"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert auth_headers() == {}
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="RAY_AUTH_TOKEN_PATH=.*missing.*no such file"):
+        auth_headers()
+
+
 def test_pinned_requirements_follow_constraints():
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
@@ -121,6 +150,25 @@ def test_main_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     assert "--env 'NOEQUALS': expected NAME=VALUE" in capsys.readouterr().err
     assert main([str(config)]) == 2  # --address is required
     assert "--address" in capsys.readouterr().err
+
+
+def test_dry_run_prints_one_plain_ray_job_submit_line(tmp_path, monkeypatch, capsys):
+    """The line is Ray's own CLI, shell-quoted; it carries the job `build_job` makes, and nothing is contacted
+    (nothing listens at the address)."""
+    monkeypatch.chdir(tmp_path)
+    _write_config(tmp_path / "configs" / "run.yaml")
+    overrides = ["backbone.hidden=[64, 32]", "name=it-s"]
+    address = f"http://127.0.0.1:{free_ports()[0]}"
+    assert main(["configs/run.yaml", "--address", address, *overrides, "--env", "A=b c", "--tracking-uri",
+                 "http://mlflow:5000", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    argv = shlex.split(out)
+    assert argv[:8] == ["ray", "job", "submit", "--address", address, "--working-dir", ".", "--runtime-env-json"]
+    job = build_job("configs/run.yaml", overrides=overrides, env={"A": "b c"}, tracking_uri="http://mlflow:5000")
+    assert json.loads(argv[8]) == {k: v for k, v in job["runtime_env"].items() if k != "working_dir"}
+    assert argv[9] == "--" and argv[10:] == shlex.split(job["entrypoint"])
+    assert argv[10:] == [*ENTRYPOINT, "configs/run.yaml", *overrides, "tracking.uri=http://mlflow:5000"]
 
 
 @pytest.mark.parametrize("address, message", [
@@ -178,3 +226,32 @@ def test_submit_real_run_to_local_head(ray_head, icd10cm_small, tmp_path, capsys
     streamed = io.StringIO()  # what `submit(..., no_wait=False)` and `xlc submit --wait` print
     assert follow(ray_head, job_id, out=streamed) == "SUCCEEDED"
     assert runs[0].info.run_id in streamed.getvalue()
+
+
+@pytest.mark.integration
+@pytest.mark.slow  # ~1 min on 2 cores beside the test above: one single-worker run of a few steps
+def test_dry_run_line_runs_with_rays_own_cli(ray_head, tmp_path, monkeypatch, capsys):
+    """What `xlc submit --dry-run` prints, run as it stands by `ray job submit` (the venv's Ray CLI) from the
+    repository root; the token reaches the head the documented way (RAY_AUTH_MODE=token, the token file)."""
+    from mlflow.tracking import MlflowClient
+
+    from data_tools.builders import synthetic
+
+    data = synthetic.build(str(tmp_path / "syn"), samples=600, labels=20, features=100)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(ROOT)
+    assert main(["cluster_configs/examples/icd10cm-mhp.yaml", "--address", ray_head, "--tracking-uri", uri,
+                 "--dry-run", "name=plain-cli", f"data={data}", f"storage.path={tmp_path / 'ckpt'}", "workers=1",
+                 "backbone.hidden=[32]", "train.max_steps=3", "train.batch_size=64"]) == 0
+    line = capsys.readouterr().out.strip()
+    bin_dir = str(Path(sys.executable).parent)
+    env = dict(os.environ, RAY_AUTH_MODE="token", PATH=bin_dir + os.pathsep + os.environ["PATH"])
+    done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]  # `ray job submit` exits 1 if the job failed
+    assert "succeeded" in done.stdout
+
+    mlflow = MlflowClient(uri)
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("icd10cm").experiment_id],
+                              filter_string="attributes.run_name = 'plain-cli'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "p_at_1" in runs[0].data.metrics
+    assert runs[0].info.run_id in done.stdout  # the job's log, streamed by Ray's CLI

@@ -53,7 +53,7 @@ def xlc_local(cwd: Path, *args: str, blocked=("ray",)) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, "train", *args, "--local", "--json"], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stdout": proc.stdout, "stderr": proc.stderr}
 
 
 def test_local_trains_logs_checkpoints_and_resumes(tmp_path, dataset):
@@ -85,6 +85,8 @@ def test_local_trains_without_mlflow_ray_or_faiss(tmp_path, dataset):
     config = write_config(tmp_path, dataset, "bare", max_steps=5)
     result = xlc_local(tmp_path, str(config), blocked=("ray", "mlflow", "faiss"))
     assert result["run_id"] is None and "tracking is off" in result["stderr"]
+    assert json.loads(result["stdout"])["metrics"] == result["metrics"]  # --json: stdout is the JSON object alone
+    assert "[bare] epoch 1/1 step 5 loss " in result["stderr"]  # the step lines (log_every_steps=5) on stderr
     assert set(result["metrics"]) >= {"p@1", "p@5", "ndcg@5", "psp@5", "train_seconds", "head_parameters"}
     (saved,) = (tmp_path / "checkpoints" / "bare").iterdir()
     assert ckpt.verify(saved) == [] and ckpt.read_state(saved)["step"] == 5

@@ -11,6 +11,7 @@ from xlc.data.collate import list_parts, padded_targets
 from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS
 from xlc.errors import ConfigError
 from xlc.eval.metrics import RankingMetrics, inv_propensity
+from xlc.progress import progress
 
 
 def _csr(table, index_column: str, value_column: str | None, width: int) -> sp.csr_matrix:
@@ -28,9 +29,12 @@ def read_split(data_dir: str, split: str, who: str, batch_size: int = 65536) -> 
     if not meta.sparse:
         raise ConfigError(f"{data_dir}: the {who} baseline needs sparse features (meta.json num_features)")
     xs, ys = [], []
-    for table in xdata.iter_tables(data_dir, split, batch_size, columns=[FEAT_IDX, FEAT_VAL]):
-        xs.append(_csr(table, FEAT_IDX, FEAT_VAL, meta.num_features))
-        ys.append(_csr(table, LABELS, None, meta.num_labels))
+    rows = meta.num_train if split == "train" else meta.num_test
+    with progress(desc=f"{who}: read {split}", total=rows, unit="row") as bar:
+        for table in xdata.iter_tables(data_dir, split, batch_size, columns=[FEAT_IDX, FEAT_VAL]):
+            xs.append(_csr(table, FEAT_IDX, FEAT_VAL, meta.num_features))
+            ys.append(_csr(table, LABELS, None, meta.num_labels))
+            bar.update(table.num_rows)
     x, y = sp.vstack(xs, format="csr"), sp.vstack(ys, format="csr")
     x.sum_duplicates()  # canonical CSR (sorted column ids, as PECOS requires); a repeated id sums, like EmbeddingBag
     y.sum_duplicates()

@@ -14,6 +14,7 @@ from xlc.baselines._dataset import ranking_metrics, read_split, truth
 from xlc.baselines._faiss import as_f32, make_index
 from xlc.baselines.tree import count_sketch, label_matrix
 from xlc.errors import ConfigError
+from xlc.progress import progress
 
 
 class KNNClassifier:
@@ -86,7 +87,7 @@ def evaluate_knn(data_dir: str, *, k: int = 10, index: str = "flat", sketch_dim:
     metrics = ranking_metrics(data_dir, ks, psp_a, psp_b)
     x, y = read_split(data_dir, "test", "knn")
     tic = time.perf_counter()
-    for lo in range(0, x.shape[0], batch_size):
+    for lo in progress(range(0, x.shape[0], batch_size), desc="knn: predict test", unit="batch"):
         _, labels = model.predict(dense(x[lo:lo + batch_size]), max(ks))
         metrics.update(labels, truth(y[lo:lo + batch_size]))
     out = metrics.compute()

@@ -9,6 +9,7 @@ from xlc import data as xdata
 from xlc.baselines._dataset import read_split
 from xlc.baselines.tree import cluster_unit_rows, pifa
 from xlc.heads import TrainingSplit
+from xlc.progress import progress
 
 
 def training_split(data_dir: str, seed: int, max_dim: int = 512) -> TrainingSplit:
@@ -20,4 +21,13 @@ def training_split(data_dir: str, seed: int, max_dim: int = 512) -> TrainingSpli
         x, y = read_split(data_dir, "train", "label-tree")
         return torch.from_numpy(pifa(x, y, num_labels, max_dim=max_dim, seed=seed))
 
-    return TrainingSplit(num_labels, seed, label_embeddings, cluster_unit_rows)
+    # Counts labels clustered (every tree level clusters each label once). It lives as long as this split, which
+    # the trainer drops once the head is built, clearing the bar.
+    bar = progress(desc="label tree: k-means", unit="label")
+
+    def cluster(points: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+        ids = cluster_unit_rows(points, k, seed)
+        bar.update(len(points))
+        return ids
+
+    return TrainingSplit(num_labels, seed, label_embeddings, cluster)

@@ -17,6 +17,7 @@ from xlc.data.schema import DatasetMeta
 from xlc.eval.collapse import NCAccumulator
 from xlc.eval.metrics import RankingMetrics
 from xlc.heads import ShardedHead
+from xlc.progress import progress
 
 FREQ_EDGES = (0, 1, 2, 5, 10, 50, 100, 1000)  # training-count buckets: 0, 1, 2-4, 5-9, ..., 1000+
 
@@ -82,8 +83,8 @@ def evaluate(data_dir: str, meta: DatasetMeta, model, head, device, *, ks, batch
     batches = xdata.iter_batches(data_dir, "test", batch_size, rank=rank, world=world)
     sharded, k = isinstance(head, ShardedHead), max(ks)
     model.eval()
-    with torch.no_grad():
-        for j in range(rounds):
+    with torch.no_grad(), progress(range(rounds), desc=f"eval {num_test} test rows", unit="batch") as bar:
+        for j in bar:
             batch = next(batches, None) if j * world + rank < num_batches else None
             if batch is None:
                 if not sharded:
@@ -106,8 +107,10 @@ def collapse_metrics(data_dir: str, meta: DatasetMeta, model, head, device, batc
     rank, world = rank_and_world()
     acc = NCAccumulator(meta.num_labels, head.in_dim)
     model.eval()
-    with torch.no_grad():
-        for batch in xdata.iter_batches(data_dir, "train", batch_size, rank=rank, world=world):
+    batches = xdata.iter_batches(data_dir, "train", batch_size, rank=rank, world=world)
+    mine = math.ceil(math.ceil(meta.num_train / batch_size) / world)  # batch i goes to rank i % world
+    with torch.no_grad(), progress(batches, desc="collapse metrics", total=mine, unit="batch") as bar:
+        for batch in bar:
             batch = batch.to(device)
             acc.update(model(batch).double().cpu(), batch.targets.cpu())
     model.train()

@@ -12,6 +12,7 @@ Nothing here imports Ray or MLflow.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
@@ -155,7 +156,7 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
                 seconds = progress.train_seconds + time.perf_counter() - tic
                 print(f"[{cfg.name}] epoch {progress.epoch + 1}/{cfg.train.epochs} step {progress.step} "
                       f"loss {running / n_running:.4f} ({progress.samples_seen / max(seconds, 1e-9):.0f} samples/s)",
-                      flush=True)  # under Ray, reaches the driver's console through its log forwarding
+                      file=sys.stderr, flush=True)  # stdout is the result's (--json); Ray forwards both streams
                 running, n_running = 0.0, 0
             if cfg.train.checkpoint_every_steps and progress.step % cfg.train.checkpoint_every_steps == 0:
                 progress.train_seconds += time.perf_counter() - tic
