@@ -154,9 +154,12 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
                 if logger is not None:
                     logger.metrics({"loss": running / n_running}, progress.step)
                 seconds = progress.train_seconds + time.perf_counter() - tic
-                print(f"[{cfg.name}] epoch {progress.epoch + 1}/{cfg.train.epochs} step {progress.step} "
-                      f"loss {running / n_running:.4f} ({progress.samples_seen / max(seconds, 1e-9):.0f} samples/s)",
-                      file=sys.stderr, flush=True)  # stdout is the result's (--json); Ray forwards both streams
+                # stderr: stdout is the result's (--json). Not print(): Ray Train patches it and, where Ray has
+                # wrapped sys.stderr, emits each line twice; Ray forwards the stream to the driver once.
+                sys.stderr.write(f"[{cfg.name}] epoch {progress.epoch + 1}/{cfg.train.epochs} step {progress.step} "
+                                 f"loss {running / n_running:.4f} "
+                                 f"({progress.samples_seen / max(seconds, 1e-9):.0f} samples/s)\n")
+                sys.stderr.flush()
                 running, n_running = 0.0, 0
             if cfg.train.checkpoint_every_steps and progress.step % cfg.train.checkpoint_every_steps == 0:
                 progress.train_seconds += time.perf_counter() - tic
