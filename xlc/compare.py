@@ -167,17 +167,19 @@ def run_baseline(cfg: RunConfig, options: dict, uri: str) -> dict:
     if not resumed:
         tracking.log_dataset(uri, run_id, cfg.data)
     common = dict(ks=cfg.eval.k, psp_a=cfg.eval.psp_a, psp_b=cfg.eval.psp_b, seed=cfg.train.seed)
+    logger = tracking.RunLogger(uri, run_id)
     try:
-        if name in peers.OPTIONS:
-            metrics = peers.evaluate_peer(name, cfg.data, **common, **options)
-        else:
-            metrics = evaluate_knn(cfg.data, **common, **options)
+        with logger.system_metrics():
+            if name in peers.OPTIONS:
+                metrics = peers.evaluate_peer(name, cfg.data, **common, **options)
+            else:
+                metrics = evaluate_knn(cfg.data, **common, **options)
     except Exception as e:
         tracking.end_run(uri, run_id, failed=True)
         if isinstance(e, TypeError):
             raise ConfigError(f"{name} options {sorted(options)}: {e}") from None
         raise
-    tracking.RunLogger(uri, run_id).metrics(metrics, step=0)
+    logger.metrics(metrics, step=0)
     tracking.end_run(uri, run_id)
     return {"run_id": run_id, "metrics": metrics}
 

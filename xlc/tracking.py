@@ -8,7 +8,8 @@ Runs carry MLflow's own conventions, so its UI shows them as a training workflow
 `mlflow.experimentKind=custom_model_development` (MLflow 3 otherwise opens on its GenAI overview), runs
 get the standard source tags (`mlflow.source.git.commit`, `mlflow.source.name`, `mlflow.user`), a
 one-line description (`mlflow.note.content`), their dataset as an MLflow dataset input, and
-`mlflow.parentRunId` when a compare runs them.
+`mlflow.parentRunId` when a compare runs them, and MLflow's system metrics (`system/...`: CPU, memory,
+disk, network; GPU with `nvidia-ml-py`) sampled while they train or fit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +179,25 @@ class RunLogger:
 
     def __init__(self, uri: str, run_id: str):
         self.client = client(uri)
-        self.run_id = run_id
+        self.uri, self.run_id = uri, run_id
+
+    @contextmanager
+    def system_metrics(self, interval_seconds: float = 5.0) -> Iterator[None]:
+        """MLflow's system metrics of this machine for the run while the block runs: one sample every
+        `interval_seconds` (`MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL` overrides it), and one more at the end, so
+        a block shorter than the interval still leaves a sample. On a resumed run the steps continue."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_seconds, resume_logging=True,
+                                       tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)

@@ -120,6 +120,8 @@ def test_compare_logs_peer_runs_beside_knn(tiny, tmp_path):
     knn, plt, xr = runs["peers-knn"], runs["peers-plt"], runs["peers-xr"]
     assert set(plt.data.tags) >= set(knn.data.tags) and plt.data.tags["head"] == "napkinxc"
     assert plt.info.status == xr.info.status == knn.info.status == "FINISHED"
+    for run in (knn, plt, xr):  # MLflow's system metrics, sampled while the baseline fitted and scored
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     for run in (plt, xr):
         logged = {metric_name(k): v for k, v in run.data.metrics.items()}
         assert {"p@1", "ndcg@5", "psp@5", "train_seconds", "fit_seconds", "predict_seconds", "model_bytes"} <= set(logged)

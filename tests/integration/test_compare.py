@@ -58,6 +58,8 @@ def test_compare_trains_heads_backbones_and_knn_into_one_experiment(run_config, 
     assert runs["cmp-tree"].inputs.dataset_inputs[0].dataset.name == runs["cmp-knn"].inputs.dataset_inputs[0].dataset.name
     assert runs["cmp-tree"].data.params["head.name"] == "tree" and runs["cmp-tree"].data.params["train.epochs"] == "2"
     assert runs["cmp-xmlcnn"].data.params["backbone.name"] == "xmlcnn"
+    for method in ("knn", "tree", "xmlcnn"):  # MLflow's system metrics, from the worker of rank 0 or the driver
+        assert "system/system_memory_usage_megabytes" in runs[f"cmp-{method}"].data.metrics, method
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"table.md", "table.csv", "metrics.png", "p1_vs_head_parameters.png"} <= artifacts
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import islice
 from pathlib import Path
 
@@ -134,7 +134,8 @@ def _train(cfg: RunConfig, meta: DatasetMeta, rank: int, world: int, device: tor
     dist.broadcast_object_list(inputs, src=0)  # fitted once (a tree head clusters the labels), the same everywhere
     runtime = LocalRuntime(cfg, meta, rank, world, device, logger)
     try:
-        metrics = train_loop(cfg, runtime, inputs[0])
+        with logger.system_metrics() if logger is not None else nullcontext():
+            metrics = train_loop(cfg, runtime, inputs[0])
     except BaseException:
         if tracking is not None:
             tracking.end_run(uri, run_id, failed=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import ray.train
@@ -61,4 +61,6 @@ class RayRuntime:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = xconfig.from_dict(loop_config["config"])
-    train_loop(cfg, RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"]), loop_config["head_inputs"])
+    runtime = RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"])
+    with runtime.logger.system_metrics() if runtime.logger is not None else nullcontext():  # rank 0's node
+        train_loop(cfg, runtime, loop_config["head_inputs"])
