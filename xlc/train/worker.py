@@ -30,7 +30,7 @@ from xlc.heads import ShardedHead
 from xlc.train import checkpoint as ckpt
 from xlc.train import engine as xengine
 from xlc.train.checkpoint import Progress
-from xlc.train.evaluation import all_reduce, collapse_metrics, evaluate, peak_memory_bytes
+from xlc.train.evaluation import all_reduce, classifier_rows, collapse_metrics, evaluate, peak_memory_bytes
 from xlc.train.model import build_model, parameter_count
 from xlc.train.schedule import lr_multiplier, total_steps
 from xlc.train.step import Step
@@ -72,11 +72,11 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         epochs=cfg.train.epochs, rows=meta.num_train, world=world, batch_size=cfg.train.batch_size,
         accumulation=xengine.accumulation_steps(ds_config), max_steps=cfg.train.max_steps,
     ))
+    head_parameters = parameter_count(head)  # before the engine: ZeRO-3 leaves each rank a partition
     trainer = Step(model, head, ds_config, lr=cfg.train.lr, head_lr=cfg.train.head_lr or cfg.train.lr,
                    weight_decay=cfg.train.weight_decay, world=world, multiplier=multiplier,
                    clip_head=cfg.train.clip_grad_norm)
     engine = trainer.engine
-    head_parameters = parameter_count(head)
     if sharded:  # every rank holds its own shard
         head_parameters = int(all_reduce(torch.tensor(head_parameters, device=device)))
 
@@ -126,7 +126,10 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
     def eval_metrics() -> dict:
         out = scores(cfg.eval.max_rows)
         if cfg.eval.collapse:
-            out.update(collapse_metrics(cfg.data, meta, engine.module, head, device, cfg.train.batch_size))
+            with xengine.gathered(head):  # ZeRO-3 partitions a replicated head's weights: whole ones for this read
+                classifier = classifier_rows(head, meta.num_labels)
+            out.update(collapse_metrics(cfg.data, meta, engine.module, head.in_dim, classifier, device,
+                                        cfg.train.batch_size))
         peak = all_reduce(torch.tensor(peak_memory_bytes(device), device=device), op=dist.ReduceOp.MAX)
         out.update(
             epoch=progress.epoch, step=progress.step, train_seconds=progress.train_seconds,
