@@ -143,7 +143,7 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
     metrics: dict[str, float] = {}
     while progress.epoch < cfg.train.epochs and progress.step < max_steps:
         engine.train()
-        tic, running, n_running = time.perf_counter(), 0.0, 0
+        tic, running, n_running = time.perf_counter(), torch.zeros((), device=device), 0
         for i, table in enumerate(runtime.epoch_tables(progress.epoch, drop_last=sharded)):
             if i < progress.step_in_epoch:  # resumed mid-epoch: these batches were trained before the stop
                 continue
@@ -151,15 +151,16 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
             loss = trainer.step(batch)
             progress.step, progress.step_in_epoch = progress.step + 1, progress.step_in_epoch + 1
             progress.samples_seen += len(batch) * world
-            running, n_running = running + loss.item(), n_running + 1
+            running, n_running = running + loss.float(), n_running + 1  # summed on the device: no sync per step
             if rank == 0 and progress.step % cfg.train.log_every_steps == 0:
+                mean_loss = running.item() / n_running
                 if logger is not None:
-                    logger.metrics({"loss": running / n_running}, progress.step)
+                    logger.metrics({"loss": mean_loss}, progress.step)
                 seconds = progress.train_seconds + time.perf_counter() - tic
                 print(f"[{cfg.name}] epoch {progress.epoch + 1}/{cfg.train.epochs} step {progress.step} "
-                      f"loss {running / n_running:.4f} ({progress.samples_seen / max(seconds, 1e-9):.0f} samples/s)",
+                      f"loss {mean_loss:.4f} ({progress.samples_seen / max(seconds, 1e-9):.0f} samples/s)",
                       flush=True)  # under Ray, reaches the driver's console through its log forwarding
-                running, n_running = 0.0, 0
+                running, n_running = torch.zeros((), device=device), 0
             if cfg.train.checkpoint_every_steps and progress.step % cfg.train.checkpoint_every_steps == 0:
                 progress.train_seconds += time.perf_counter() - tic
                 tic = time.perf_counter()
