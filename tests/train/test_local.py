@@ -120,3 +120,24 @@ def test_two_gloo_ranks_match_one_rank_on_the_same_global_batch(tmp_path, datase
         heads[name] = build_head("sharded_softmax", 50, 64)  # one process: every label, from all shards
         ckpt.load_head_shard(directory, heads[name])
     assert_close(heads["w2"].weight, heads["w1"].weight, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow  # ~40 s: a ZeRO-3 bf16 run, then `xlc eval` in another process
+def test_zero3_bf16_run_evaluates_offline_from_its_partitions(tmp_path, dataset):
+    """ZeRO-3 with persistence threshold 0 partitions even this model's tensors: the replicated head trains in
+    the engine's forward, its parameter count and NC3 (which reads its classifier rows) see whole tensors,
+    and `xlc eval` rebuilds fp32 weights from the partitions and scores like the bf16 run."""
+    ds_json = tmp_path / "zero3.json"
+    ds_json.write_text(json.dumps({"bf16": {"enabled": True},
+                                   "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}))
+    config = write_config(tmp_path, dataset, "z3")
+    result = xlc_local(tmp_path, str(config), f"deepspeed={ds_json}", "eval.collapse=true")
+    trained = result["metrics"]
+    logged = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(result["run_id"]).data.metrics
+    assert trained["head_parameters"] == 50 * 64 + 50 and "nc/nc3" in logged
+    (saved,) = (tmp_path / "checkpoints" / "z3").iterdir()
+    proc = subprocess.run([sys.executable, "-m", "xlc.cli", "eval", str(saved), "--json"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    offline = json.loads(proc.stdout.strip().splitlines()[-1])["metrics"]
+    assert trained["p@1"] > 0.3 and abs(offline["p@1"] - trained["p@1"]) < 0.02

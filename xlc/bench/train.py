@@ -7,7 +7,8 @@ Each rank is a spawned CPU process with one thread (ranks stand for separate dev
 feature ids (tf-idf rows are head-heavy too), values 1/sqrt(nnz), uniform labels. Per row of the table:
 `samples_per_s` = global batch x timed steps / wall seconds (after `warmup` steps), and the milliseconds per
 step spent in each phase (forward, head loss, backward, gradient all-reduce, optimiser steps), the
-mean over ranks. `--grad dense` turns the `mlp` input table's sparse gradient off (the pre-remedy step).
+mean over ranks; a replicated head's loss runs in the engine's forward and is timed there (`head`: a sharded
+head's loss). `--grad dense` turns the `mlp` input table's sparse gradient off (the pre-remedy step).
 """
 
 from __future__ import annotations

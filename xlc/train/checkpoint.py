@@ -14,10 +14,12 @@ workers resumes on 1 or 3 with identical logits. Files load with `weights_only=T
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -147,11 +149,31 @@ MODEL_FILE = "model.pt"
 
 
 def module_state(directory: str | Path) -> dict[str, torch.Tensor]:
-    """The data-parallel module's weights (backbone, replicated head) from a checkpoint or an exported model."""
+    """The data-parallel module's fp32 weights (backbone, replicated head) from an exported model, or from a
+    checkpoint written at any ZeRO stage and precision:
+        ZeRO 1-3      the fp32 master partitions of every rank, reassembled by DeepSpeed's `zero_to_fp32` (ZeRO-3
+                      writes no whole module, and under bf16/fp16 the module states hold 16-bit copies)
+        ZeRO-0        the module states; under bf16/fp16 its parameters replaced by the optimiser's fp32 masters"""
     directory = Path(directory)
     if (directory / MODEL_FILE).is_file():
         return torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
-    return torch.load(directory / ENGINE_MODULE_FILE, map_location="cpu", weights_only=True)["module"]
+    if any((directory / "engine").glob("*zero_pp_rank_*_optim_states.pt")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        with contextlib.redirect_stdout(sys.stderr):  # it reports progress on stdout, where `--json` answers
+            return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="engine")
+    states = torch.load(directory / ENGINE_MODULE_FILE, map_location="cpu", weights_only=True)
+    masters = [t for group in (states.get("optimizer") or {}).get("fp32_groups", []) for t in group]
+    if not masters:
+        return states["module"]
+    # the engine's optimiser groups hold the parameters in the module's order (`xlc.train.step.Step`)
+    buffers = set(states.get("buffer_names") or ())
+    names = [name for name in states["module"] if name not in buffers]
+    shapes = [tuple(states["module"][name].shape) for name in names]
+    if shapes != [tuple(t.shape) for t in masters]:
+        raise DataError(f"{directory / ENGINE_MODULE_FILE}: the optimiser's fp32 weights do not match the module's "
+                        "parameters")
+    return {**states["module"], **dict(zip(names, masters))}
 
 
 def export_weights(directory: str | Path, out: str | Path) -> Path:

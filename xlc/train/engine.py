@@ -95,6 +95,24 @@ def initialize(model: torch.nn.Module, param_groups: list[dict], ds_config: dict
     return engine
 
 
+def gather_with_calls(module: torch.nn.Module, used: torch.nn.Module) -> None:
+    """ZeRO-3 gathers a module's own parameters around each call of it (forward, and again for its backward);
+    this adds those of `used`, a submodule that `module.forward` uses through its methods (a head's `loss`,
+    `topk`) instead of calling it, whose parameters would otherwise stay partitioned (empty) there."""
+    import deepspeed
+
+    for p in used.parameters():
+        deepspeed.zero.register_external_parameter(module, p)
+
+
+def gathered(module: torch.nn.Module):
+    """A context in which `module`'s ZeRO-3 parameters are whole on every rank, to read (no-op at other stages,
+    and for parameters outside the engine)."""
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(module.parameters()))
+
+
 def accumulation_steps(ds_config: dict) -> int:
     """Micro-batches per optimiser step."""
     return int(ds_config["gradient_accumulation_steps"])

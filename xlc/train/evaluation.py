@@ -92,7 +92,7 @@ def evaluate(data_dir: str, meta: DatasetMeta, model, head, device, *, ks, batch
                 head.topk(torch.zeros(0, head.in_dim, device=device), k)
                 continue
             batch = batch.to(device)
-            _, labels = head.topk(model(batch), k)  # [B, k]
+            _, labels = head.topk(model(batch), k) if sharded else model(batch, k=k)  # [B, k]
             metrics.update(labels.cpu(), batch.targets.cpu())
             buckets.update(labels.cpu(), batch.targets.cpu())
     model.train()
@@ -101,11 +101,21 @@ def evaluate(data_dir: str, meta: DatasetMeta, model, head, device, *, ks, batch
     return {**metrics.compute(), **buckets.compute()}
 
 
-def collapse_metrics(data_dir: str, meta: DatasetMeta, model, head, device, batch_size: int) -> dict[str, float]:
-    """NC1-NC3 on the training features (eval mode, float64 class sums all-reduced over ranks). A head whose
-    state holds a `weight` [num_labels, in_dim] is a linear classifier: NC2/NC3 then compare its rows too."""
+def classifier_rows(head: torch.nn.Module, num_labels: int) -> torch.Tensor | None:
+    """A linear classifier's rows [num_labels, in_dim] in float64 (a head whose state holds such a `weight`: NC2
+    and NC3 then compare them too), else None."""
+    weight = head.state_dict().get("weight")
+    if weight is None or tuple(weight.shape) != (num_labels, head.in_dim):
+        return None
+    return weight.detach().double().cpu()
+
+
+def collapse_metrics(data_dir: str, meta: DatasetMeta, model, in_dim: int, classifier: torch.Tensor | None, device,
+                     batch_size: int) -> dict[str, float]:
+    """NC1-NC3 on the training features (eval mode, float64 class sums all-reduced over ranks), with the
+    head's `classifier_rows` when it has them."""
     rank, world = rank_and_world()
-    acc = NCAccumulator(meta.num_labels, head.in_dim)
+    acc = NCAccumulator(meta.num_labels, in_dim)
     model.eval()
     batches = xdata.iter_batches(data_dir, "train", batch_size, rank=rank, world=world)
     mine = math.ceil(math.ceil(meta.num_train / batch_size) / world)  # batch i goes to rank i % world
@@ -115,6 +125,4 @@ def collapse_metrics(data_dir: str, meta: DatasetMeta, model, head, device, batc
             acc.update(model(batch).double().cpu(), batch.targets.cpu())
     model.train()
     acc.load_state(all_reduce(acc.state().to(device)).cpu())
-    weight = head.state_dict().get("weight")
-    linear = weight is not None and tuple(weight.shape) == (meta.num_labels, head.in_dim)
-    return {f"nc/{k}": v for k, v in acc.compute(weight.detach().double().cpu() if linear else None).items()}
+    return {f"nc/{k}": v for k, v in acc.compute(classifier).items()}

@@ -19,8 +19,14 @@ from xlc.heads import head_options as head_option_names
 class Model(torch.nn.Module):
     """The data-parallel part: the backbone, plus the head when it is replicated (not label-sharded).
 
-    `forward` returns the backbone's features [B, d] and the head is applied by the caller: the head's
-    `loss`/`topk` take features, and a sharded head must see the same calls on every rank.
+        model(batch)              the backbone's features [B, d] (a sharded head outside applies its loss or
+                                  top-k to them, on every rank)
+        model(batch, loss=True)   the replicated head's loss on `batch.targets`
+        model(batch, k=k)         the replicated head's top-k (scores, labels) [B, k]
+
+    A replicated head is used inside `forward`, never beside it: ZeRO-3 holds each rank's partition of the
+    parameters and gathers them around calls of the wrapped module (`xlc.train.step.Step` ties the head's to
+    this module's calls), so a head applied to the returned features would see empty tensors.
     """
 
     def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module | None):
@@ -28,8 +34,13 @@ class Model(torch.nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, batch) -> torch.Tensor:
-        return self.backbone(batch)  # [B, d]
+    def forward(self, batch, *, loss: bool = False, k: int | None = None):
+        features = self.backbone(batch)  # [B, d]
+        if loss:
+            return self.head.loss(features, batch.targets)
+        if k is not None:
+            return self.head.topk(features, k)
+        return features
 
 
 def build_model(cfg: RunConfig, meta: DatasetMeta, head_inputs: dict | None = None

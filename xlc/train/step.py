@@ -1,10 +1,16 @@
 """One training step, the same for the Ray worker and the train bench (`xlc bench train`).
 
-    features = engine(batch)              backbone (+ a replicated head) in the DeepSpeed engine [B, d]
-    loss = head.loss(features, targets)   a ShardedHead sits outside the engine (own AdamW, never averaged)
-    engine.backward(loss)                 local gradients
+    loss = engine(batch, loss=True)       backbone + replicated head, in the DeepSpeed engine's forward
+      or features = engine(batch)         backbone only [B, d]; a ShardedHead outside the engine (own
+         loss = head.loss(features, ...)  AdamW, never averaged) takes the features
+    engine.backward(loss)                 local gradients (the loss scaled by 1 / accumulation steps)
     engine.allreduce_gradients()          data-parallel average (DeepSpeed; ZeRO reduce-scatter at stage > 0)
     sparse / head optimisers, engine.step()   at the gradient-accumulation boundary only
+
+A replicated head runs inside the engine's forward because ZeRO-3 partitions its parameters and gathers
+them only around calls of the wrapped module (`xlc.train.model.Model`). Each micro-batch's loss is
+returned as a detached device tensor: reading it (`.item()`) waits for the device, so the loop reads it
+only when it logs.
 
 The learning rate follows one schedule (`xlc.train.schedule`): the engine steps a `LambdaLR` over the
 multiplier, and at each boundary the optimisers outside it take `initial lr x multiplier(n)` for the same
@@ -34,6 +40,7 @@ from xlc.heads import ShardedHead
 from xlc.train import engine as xengine
 from xlc.train.evaluation import all_reduce
 
+# "head": a sharded head's loss; a replicated head's runs in the engine's forward and is timed under "forward"
 PHASES = ("forward", "head", "backward", "allreduce", "optimiser")
 
 
@@ -104,6 +111,8 @@ class Step:
             groups.append({"params": list(head.parameters()), "lr": head_lr})
         self.engine = xengine.initialize(model, groups, ds_config, lr=lr, weight_decay=weight_decay,
                                          lr_lambda=multiplier)
+        if xengine.zero_stage(ds_config) == 3 and not self.sharded:
+            xengine.gather_with_calls(model, head)
         self.engine.enable_backward_allreduce = False  # `step` reduces explicitly, so the phases can be timed
         self.head_opt = (xengine.adamw(head.parameters(), lr=head_lr, weight_decay=weight_decay)
                          if self.sharded else None)
@@ -123,13 +132,17 @@ class Step:
         mark = timer.mark if timer else (lambda phase: None)
         if timer:
             timer.start()
-        features = self.engine(batch)  # [B, d]
-        if self.sharded and self.world > 1:
-            # The sharded loss is the global-batch mean, so this rank's feature gradient is already its
-            # share of the global gradient; DeepSpeed then averages over ranks, so undo its 1/world.
-            features.register_hook(lambda grad: grad * self.world)
-        mark("forward")
-        loss = self.head.loss(features, batch.targets)
+        if self.sharded:
+            features = self.engine(batch)  # [B, d]
+            if self.world > 1:
+                # The sharded loss is the global-batch mean, so this rank's feature gradient is already its
+                # share of the global gradient; DeepSpeed then averages over ranks, so undo its 1/world.
+                features.register_hook(lambda grad: grad * self.world)
+            mark("forward")
+            loss = self.head.loss(features, batch.targets)
+        else:
+            loss = self.engine(batch, loss=True)
+            mark("forward")
         mark("head")
         self.engine.backward(loss)
         mark("backward")

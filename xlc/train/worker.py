@@ -31,7 +31,7 @@ from xlc.heads import ShardedHead
 from xlc.train import checkpoint as ckpt
 from xlc.train import engine as xengine
 from xlc.train.checkpoint import Progress
-from xlc.train.evaluation import all_reduce, collapse_metrics, evaluate, peak_memory_bytes
+from xlc.train.evaluation import all_reduce, classifier_rows, collapse_metrics, evaluate, peak_memory_bytes
 from xlc.train.model import build_model, parameter_count
 from xlc.train.schedule import lr_multiplier, total_steps
 from xlc.train.step import Step
@@ -73,11 +73,11 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         epochs=cfg.train.epochs, rows=meta.num_train, world=world, batch_size=cfg.train.batch_size,
         accumulation=xengine.accumulation_steps(ds_config), max_steps=cfg.train.max_steps,
     ))
+    head_parameters = parameter_count(head)  # before the engine: ZeRO-3 leaves each rank a partition
     trainer = Step(model, head, ds_config, lr=cfg.train.lr, head_lr=cfg.train.head_lr or cfg.train.lr,
                    weight_decay=cfg.train.weight_decay, world=world, multiplier=multiplier,
                    clip_head=cfg.train.clip_grad_norm)
     engine = trainer.engine
-    head_parameters = parameter_count(head)
     if sharded:  # every rank holds its own shard
         head_parameters = int(all_reduce(torch.tensor(head_parameters, device=device)))
 
@@ -127,7 +127,10 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
     def eval_metrics() -> dict:
         out = scores(cfg.eval.max_rows)
         if cfg.eval.collapse:
-            out.update(collapse_metrics(cfg.data, meta, engine.module, head, device, cfg.train.batch_size))
+            with xengine.gathered(head):  # ZeRO-3 partitions a replicated head's weights: whole ones for this read
+                classifier = classifier_rows(head, meta.num_labels)
+            out.update(collapse_metrics(cfg.data, meta, engine.module, head.in_dim, classifier, device,
+                                        cfg.train.batch_size))
         peak = all_reduce(torch.tensor(peak_memory_bytes(device), device=device), op=dist.ReduceOp.MAX)
         out.update(
             epoch=progress.epoch, step=progress.step, train_seconds=progress.train_seconds,
@@ -141,7 +144,7 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
     metrics: dict[str, float] = {}
     while progress.epoch < cfg.train.epochs and progress.step < max_steps:
         engine.train()
-        tic, running, n_running = time.perf_counter(), 0.0, 0
+        tic, running, n_running = time.perf_counter(), torch.zeros((), device=device), 0
         for i, table in enumerate(runtime.epoch_tables(progress.epoch, drop_last=sharded)):
             if i < progress.step_in_epoch:  # resumed mid-epoch: these batches were trained before the stop
                 continue
@@ -149,18 +152,18 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
             loss = trainer.step(batch)
             progress.step, progress.step_in_epoch = progress.step + 1, progress.step_in_epoch + 1
             progress.samples_seen += len(batch) * world
-            running, n_running = running + loss.item(), n_running + 1
+            running, n_running = running + loss.float(), n_running + 1  # summed on the device: no sync per step
             if rank == 0 and progress.step % cfg.train.log_every_steps == 0:
+                mean_loss = running.item() / n_running
                 if logger is not None:
-                    logger.metrics({"loss": running / n_running}, progress.step)
+                    logger.metrics({"loss": mean_loss}, progress.step)
                 seconds = progress.train_seconds + time.perf_counter() - tic
                 # stderr: stdout is the result's (--json). Not print(): Ray Train patches it and, where Ray has
                 # wrapped sys.stderr, emits each line twice; Ray forwards the stream to the driver once.
                 sys.stderr.write(f"[{cfg.name}] epoch {progress.epoch + 1}/{cfg.train.epochs} step {progress.step} "
-                                 f"loss {running / n_running:.4f} "
-                                 f"({progress.samples_seen / max(seconds, 1e-9):.0f} samples/s)\n")
+                                 f"loss {mean_loss:.4f} ({progress.samples_seen / max(seconds, 1e-9):.0f} samples/s)\n")
                 sys.stderr.flush()
-                running, n_running = 0.0, 0
+                running, n_running = torch.zeros((), device=device), 0
             if cfg.train.checkpoint_every_steps and progress.step % cfg.train.checkpoint_every_steps == 0:
                 progress.train_seconds += time.perf_counter() - tic
                 tic = time.perf_counter()
