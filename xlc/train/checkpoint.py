@@ -5,6 +5,7 @@ Layout of one checkpoint directory (each rank writes its own files; Ray merges t
     head_shard_{r}.pt       label-sharded head of rank r: {label_start, label_end, tensors, moments, rest}
     head_inputs.pt          a fitted head's constructor inputs (rank 0; `xlc.heads.FittedHead`)
     optimizer_sparse.pt     SparseAdam state of the sparse-gradient embedding tables (rank 0; replicated)
+    rng_{r}.pt              rank r's random generator states (restored on a resume at the same world size)
     state.json              `Progress`, world size, the run config (rank 0)
     manifest_{r}.json       sha256 + size of every file rank r wrote
 A `xlc.heads.ShardedHead` names its label-dimension state entries in `label_sharded`; on load the rows of
@@ -142,6 +143,29 @@ def load_optimizer(directory: str | Path, name: str, optimizer: torch.optim.Opti
     if not path.is_file():
         raise DataError(f"{path}: missing; the checkpoint was written without a {name} optimiser")
     optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def save_rng(directory: Path, rank: int) -> Path:
+    """This rank's random generators (dropout masks, sampled negatives) as `rng_{rank}.pt`: restored on a resume
+    at the same world size, the resumed steps draw what the uninterrupted run drew."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    path = directory / f"rng_{rank}.pt"
+    _atomic_torch_save(state, path)
+    return path
+
+
+def load_rng(directory: str | Path, rank: int) -> bool:
+    """Restore this rank's generators from `rng_{rank}.pt`; False when the checkpoint has none for this rank."""
+    path = Path(directory) / f"rng_{rank}.pt"
+    if not path.is_file():
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    return True
 
 
 ENGINE_MODULE_FILE = "engine/mp_rank_00_model_states.pt"  # DeepSpeed's module states (ZeRO 0-2)

@@ -1,13 +1,18 @@
 """What a launcher does around the worker loop, for the Ray trainer and `--local` alike; no Ray, no MLflow.
 
 Before any worker starts: absolute paths, the dataset and model checked (bad values exit 2 before Ray,
-MLflow or DeepSpeed start), a fitted head's inputs computed once. After: the metrics a run reports.
+MLflow or DeepSpeed start), a fitted head's inputs computed once. During: the epoch order of
+`train.data_order: exact`. After: the metrics a run reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
+
+import pyarrow as pa
 
 from xlc import data as xdata
 from xlc.backbones import backbone_input
@@ -47,6 +52,19 @@ def fit_inputs(cfg: RunConfig) -> dict:
 def train_columns(backbone: str) -> list[str]:
     """The train-split columns a backbone reads: labels and sparse features, or labels and text."""
     return [LABELS, FEAT_IDX, FEAT_VAL] if backbone_input(backbone) == "sparse" else [LABELS, TEXT]
+
+
+def exact_epoch(cfg: RunConfig, num_train: int, rank: int, world: int, epoch: int, drop_last: bool
+                ) -> Iterator[pa.Table]:
+    """This rank's batches of one epoch under `data_order: exact`: a function of (seed, epoch, rank, world)
+    alone (`xlc.data.iter_tables`: batch i of the epoch's seeded shuffle goes to rank i % world), cut to whole
+    rounds so every rank takes as many steps. A run resumed at batch j of an epoch skips the same j batches."""
+    batch_size = cfg.train.batch_size
+    full, rest = divmod(num_train, batch_size)
+    per_rank = (full + (rest > 0 and not drop_last)) // world
+    tables = xdata.iter_tables(cfg.data, "train", batch_size, rank=rank, world=world,
+                               columns=train_columns(cfg.backbone.name), shuffle_seed=cfg.train.seed + epoch)
+    return islice(tables, per_rank)
 
 
 def reported(metrics: dict) -> dict:

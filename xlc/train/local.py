@@ -16,18 +16,16 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from itertools import islice
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from xlc import data as xdata
 from xlc.config import RunConfig
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
 from xlc.train import checkpoint as ckpt
-from xlc.train.driver import fit_inputs, prepare, reported, storage_path, train_columns
+from xlc.train.driver import exact_epoch, fit_inputs, prepare, reported, storage_path
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
@@ -48,13 +46,7 @@ class LocalRuntime:
         return sorted(p for p in self.root.glob(f"{PREFIX}*") if p.is_dir())
 
     def epoch_tables(self, epoch: int, drop_last: bool):
-        batch_size = self.cfg.train.batch_size
-        full, rest = divmod(self.meta.num_train, batch_size)
-        per_rank = (full + (rest > 0 and not drop_last)) // self.world  # whole rounds only: ranks step together
-        tables = xdata.iter_tables(self.cfg.data, "train", batch_size, rank=self.rank, world=self.world,
-                                   columns=train_columns(self.cfg.backbone.name),
-                                   shuffle_seed=self.cfg.train.seed + epoch)
-        return islice(tables, per_rank)
+        return exact_epoch(self.cfg, self.meta.num_train, self.rank, self.world, epoch, drop_last)
 
     @contextmanager
     def restored(self) -> Iterator[Path | None]:

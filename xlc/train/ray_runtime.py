@@ -1,7 +1,8 @@
 """The worker loop's runtime under Ray Train (`trainer.py` runs `train_loop_per_worker` on every worker).
 
-Rank and device from the Ray Train context; batches from this worker's split of the Ray Data stream
-(`stream.py`); checkpoints restored by `ray.train.get_checkpoint` and saved by `ray.train.report` (each
+Rank and device from the Ray Train context; batches read by each worker in the (seed, epoch) order of
+`data_order: exact` (`driver.exact_epoch`, as `--local` reads them), or from its split of the Ray Data stream
+(`stream.py`, `data_order: stream`); checkpoints restored by `ray.train.get_checkpoint` and saved by `ray.train.report` (each
 worker writes into a directory of its own, Ray merges them under `storage_path/name`).
 """
 
@@ -17,10 +18,12 @@ import ray.train
 import torch
 
 from xlc import config as xconfig
+from xlc import data as xdata
 from xlc.config import RunConfig
 from xlc.tracking import RunLogger
 from xlc.train import checkpoint as ckpt
 from xlc.train import stream
+from xlc.train.driver import exact_epoch
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
@@ -33,12 +36,16 @@ class RayRuntime:
         if not cfg.use_gpu:  # workers share the machine's cores
             torch.set_num_threads(max(1, int(os.environ.get("XLC_THREADS_PER_WORKER", "1"))))
         self.logger = RunLogger(tracking_uri, run_id) if self.rank == 0 else None
-        self._shard = ray.train.get_dataset_shard("train")
-        self._batch_size, self._seed = cfg.train.batch_size, cfg.train.seed
+        self.cfg = cfg
+        self._shard = ray.train.get_dataset_shard("train") if cfg.train.data_order == "stream" else None
 
     def epoch_tables(self, epoch: int, drop_last: bool):
+        if self._shard is None:  # data_order exact
+            return exact_epoch(self.cfg, xdata.read_meta(self.cfg.data).num_train, self.rank, self.world, epoch,
+                               drop_last)
         # Ray Data's split is equal per worker, so every rank gets as many batches
-        return stream.epoch_batches(self._shard, self._batch_size, seed=self._seed + epoch, drop_last=drop_last)
+        return stream.epoch_batches(self._shard, self.cfg.train.batch_size, seed=self.cfg.train.seed + epoch,
+                                    drop_last=drop_last)
 
     @contextmanager
     def restored(self) -> Iterator[Path | None]:

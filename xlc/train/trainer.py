@@ -1,4 +1,5 @@
-"""The driver: open (or reopen) the MLflow run, stream the dataset with Ray Data, fit a Ray TorchTrainer.
+"""The driver: open (or reopen) the MLflow run, hand the dataset to the workers (with `train.data_order:
+stream`, as a Ray Data stream), fit a Ray TorchTrainer.
 
 Running the same run name again resumes: MLflow reuses the run, and Ray Train restores the latest
 checkpoint under `storage_path/name` (Train V2 restores a run directory that already exists).
@@ -51,7 +52,8 @@ def train(cfg: RunConfig) -> dict:
     uri, run_id, resumed = tracking.open_training_run(cfg, meta, cfg.workers)
 
     ensure_ray(cfg.workers)
-    datasets = {"train": stream.read_train(cfg.data, cfg.backbone.name)}
+    # data_order stream: Ray Data reads and splits the train split; exact: each worker reads its own share
+    datasets = {"train": stream.read_train(cfg.data, cfg.backbone.name)} if cfg.train.data_order == "stream" else {}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
@@ -59,7 +61,7 @@ def train(cfg: RunConfig) -> dict:
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=list(datasets)),
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=storage_path(cfg),

@@ -96,6 +96,8 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
                 ckpt.load_head_shard(directory, head, trainer.head_opt)
             if trainer.sparse_opt is not None:
                 ckpt.load_optimizer(directory, "sparse", trainer.sparse_opt)
+            if state["world_size"] == world:  # on another world size the draws are another run's anyway
+                ckpt.load_rng(directory, rank)
             progress = Progress.from_state(state)
 
     logger = runtime.logger
@@ -108,6 +110,7 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         """This rank's files of one checkpoint, and its manifest."""
         engine.save_checkpoint(str(directory), tag="engine", save_latest=False)
         written = ckpt.engine_files(directory / "engine", rank)  # DeepSpeed decides which rank writes what
+        written.append(ckpt.save_rng(directory, rank))
         if sharded:
             written.append(ckpt.save_head_shard(directory, head, trainer.head_opt, rank))
         if rank == 0 and trainer.sparse_opt is not None:  # replicated: every rank holds the same state
