@@ -26,6 +26,7 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetMeta]:
         cfg, data=str(Path(cfg.data).resolve()), deepspeed=cfg.deepspeed and str(Path(cfg.deepspeed).resolve())
     )
     meta = xdata.read_meta(cfg.data)
+    xdata.check_files(cfg.data)
     check_model(cfg, meta)
     return cfg, meta
 
