@@ -9,7 +9,8 @@ Layout of one checkpoint directory (each rank writes its own files; Ray merges t
     manifest_{r}.json       sha256 + size of every file rank r wrote
 A `xlc.heads.ShardedHead` names its label-dimension state entries in `label_sharded`; on load the rows of
 the new range [start, end) are cut from whichever saved shards cover them, so a run saved on 2
-workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True`.
+workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True` (DeepSpeed's too:
+`xlc.train.engine.load_checkpoint`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -63,6 +67,20 @@ def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_file(path: str | Path, map_location="cpu", allowed: Sequence[Any] = ()) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain data, plus the classes in `allowed`. A file holding
+    any other pickled object (which an unrestricted load would construct, running its code) raises `DataError`
+    naming the file; nothing in it runs."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message: advice on loading it anyway, then "WeightsUnpickler error: Unsupported global: ..."
+        reason = str(e).partition("WeightsUnpickler error: ")[2].partition(" Please use")[0] or str(e)
+        raise DataError(f"{path}: refusing to load it: it holds pickled objects other than weights "
+                        f"({reason.strip().rstrip('.')})") from None
 
 
 def write_manifest(directory: Path, rank: int, files: list[Path]) -> None:
@@ -125,7 +143,7 @@ def save_head_inputs(directory: Path, inputs: dict) -> Path:
 
 def load_head_inputs(directory: str | Path) -> dict:
     path = Path(directory) / HEAD_INPUTS_FILE
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    return load_file(path) if path.is_file() else {}
 
 
 def save_optimizer(directory: Path, name: str, optimizer: torch.optim.Optimizer) -> Path:
@@ -139,7 +157,7 @@ def load_optimizer(directory: str | Path, name: str, optimizer: torch.optim.Opti
     path = Path(directory) / f"optimizer_{name}.pt"
     if not path.is_file():
         raise DataError(f"{path}: missing; the checkpoint was written without a {name} optimiser")
-    optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(load_file(path))
 
 
 ENGINE_MODULE_FILE = "engine/mp_rank_00_model_states.pt"  # DeepSpeed's module states (ZeRO 0-2)
@@ -150,8 +168,8 @@ def module_state(directory: str | Path) -> dict[str, torch.Tensor]:
     """The data-parallel module's weights (backbone, replicated head) from a checkpoint or an exported model."""
     directory = Path(directory)
     if (directory / MODEL_FILE).is_file():
-        return torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
-    return torch.load(directory / ENGINE_MODULE_FILE, map_location="cpu", weights_only=True)["module"]
+        return load_file(directory / MODEL_FILE)
+    return load_file(directory / ENGINE_MODULE_FILE)["module"]
 
 
 def export_weights(directory: str | Path, out: str | Path) -> Path:
@@ -164,7 +182,7 @@ def export_weights(directory: str | Path, out: str | Path) -> Path:
     written = [out / MODEL_FILE]
     _atomic_torch_save(weights, written[0])
     for path in sorted(directory.glob("head_shard_*.pt")):
-        shard = torch.load(path, map_location="cpu", weights_only=True)
+        shard = load_file(path)
         shard["moments"] = {}
         written.append(out / path.name)
         _atomic_torch_save(shard, written[-1])
@@ -238,7 +256,7 @@ def load_head_shard(directory: str | Path, head: ShardedHead, optimizer: torch.o
     paths = sorted(Path(directory).glob("head_shard_*.pt"))
     if not paths:
         raise DataError(f"{directory}: checkpoint has no head_shard_*.pt files for the sharded head")
-    shards = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    shards = [load_file(p) for p in paths]
     if shards[0]["num_labels"] != head.num_labels:
         raise DataError(f"{paths[0]}: saved head has {shards[0]['num_labels']} labels, this run {head.num_labels}")
     start, end = int(head.label_start), int(head.label_end)
