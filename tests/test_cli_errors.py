@@ -96,3 +96,21 @@ def test_train_on_a_truncated_parquet_file_stops_before_ray_and_mlflow(tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["own", "run.yaml", "trn.txt", "tst.txt"]  # no store
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
+
+@pytest.mark.parametrize("launcher", [[], ["--local"]])
+def test_train_with_every_checkpoint_corrupt_stops_before_mlflow_and_keeps_them(tmp_path, capsys, launcher):
+    data = _xc_dataset(tmp_path, "own", 5)
+    run_dir = tmp_path / "checkpoints" / "broken"
+    for index in (1, 2):
+        checkpoint = run_dir / f"checkpoint_00000{index}"
+        checkpoint.mkdir(parents=True)
+        state = checkpoint / "state.json"
+        state.write_text(json.dumps({"step": index}))
+        (checkpoint / "manifest_0.json").write_text(json.dumps({"state.json": {"sha256": "0" * 64, "bytes": 11}}))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"name": "broken", "data": str(data), "tracking": {"uri": f"sqlite:///{tmp_path / 'db'}"},
+                                      "storage": {"path": str(tmp_path / "checkpoints")}}))
+    assert xlc(capsys, "train", str(config), *launcher) == (
+        2, f"error: all 2 checkpoints under {run_dir} fail verification: {state}: checksum mismatch; "
+           "rerun with --restart to start from step 0\n")
+    assert not (tmp_path / "db").exists() and len(list(run_dir.iterdir())) == 2  # no MLflow run, nothing deleted

@@ -5,8 +5,10 @@ Layout of one checkpoint directory (each rank writes its own files; Ray merges t
     head_shard_{r}.pt       label-sharded head of rank r: {label_start, label_end, tensors, moments, rest}
     head_inputs.pt          a fitted head's constructor inputs (rank 0; `xlc.heads.FittedHead`)
     optimizer_sparse.pt     SparseAdam state of the sparse-gradient embedding tables (rank 0; replicated)
-    state.json              `Progress`, world size, the run config (rank 0)
+    state.json              `Progress`, world size, the run config, how many manifests to expect (rank 0)
     manifest_{r}.json       sha256 + size of every file rank r wrote
+A checkpoint verifies when manifest_0 and every manifest state.json counts are there and every file they
+list has its size and checksum; a resume takes the newest checkpoint of the run directory that verifies.
 A `xlc.heads.ShardedHead` names its label-dimension state entries in `label_sharded`; on load the rows of
 the new range [start, end) are cut from whichever saved shards cover them, so a run saved on 2
 workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True` (DeepSpeed's too:
@@ -20,8 +22,9 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from xlc.errors import DataError
 from xlc.heads import ShardedHead
 
 STATE_FILE = "state.json"
+PREFIX = "checkpoint_"
 HEAD_INPUTS_FILE = "head_inputs.pt"
 
 
@@ -90,11 +94,12 @@ def write_manifest(directory: Path, rank: int, files: list[Path]) -> None:
 
 
 def verify(directory: str | Path) -> list[str]:
-    """Problems found in a checkpoint directory: missing manifest, missing, truncated or altered files."""
+    """Problems found in a checkpoint directory: a missing manifest (rank 0's, or of any of the ranks state.json
+    counts), missing, truncated or altered files."""
     directory = Path(directory)
     manifests = sorted(directory.glob("manifest_*.json"))
-    if not manifests:
-        return [f"{directory}: no manifest_*.json (checkpoint incomplete)"]
+    if not (directory / "manifest_0.json").is_file():
+        return [f"{directory}: no manifest_0.json (checkpoint incomplete)"]
     problems = []
     for manifest in manifests:
         try:
@@ -110,6 +115,10 @@ def verify(directory: str | Path) -> list[str]:
                 problems.append(f"{path}: {path.stat().st_size} bytes, expected {want['bytes']} (truncated)")
             elif _sha256(path) != want["sha256"]:
                 problems.append(f"{path}: checksum mismatch")
+    if not problems and (directory / STATE_FILE).is_file():  # verified above when rank 0 listed it
+        for rank in range(read_state(directory).get("manifests", 1)):
+            if not (directory / f"manifest_{rank}.json").is_file():
+                problems.append(f"{directory}: no manifest_{rank}.json (rank {rank} did not finish writing)")
     return problems
 
 
@@ -186,27 +195,59 @@ def export_weights(directory: str | Path, out: str | Path) -> Path:
         shard["moments"] = {}
         written.append(out / path.name)
         _atomic_torch_save(shard, written[-1])
-    for name in (HEAD_INPUTS_FILE, STATE_FILE):
-        if (directory / name).is_file():
-            written.append(out / name)
-            _atomic_write_bytes(written[-1], (directory / name).read_bytes())
+    if (directory / HEAD_INPUTS_FILE).is_file():
+        written.append(out / HEAD_INPUTS_FILE)
+        _atomic_write_bytes(written[-1], (directory / HEAD_INPUTS_FILE).read_bytes())
+    if (directory / STATE_FILE).is_file():
+        written.append(write_state(out, {**read_state(directory), "manifests": 1}))
     write_manifest(out, 0, written)
     return out
 
 
-def latest_valid(candidate: str | Path) -> Path | None:
-    """`candidate` if it verifies; else the newest sibling checkpoint_* that does, with a warning."""
-    candidate = Path(candidate)
-    problems = verify(candidate)
-    if not problems:
-        return candidate
-    warnings.warn(f"checkpoint {candidate} is corrupt ({'; '.join(problems[:3])}); trying the previous one", stacklevel=2)
-    siblings = sorted((p for p in candidate.parent.glob("checkpoint_*") if p.is_dir() and p != candidate), reverse=True)
-    for sibling in siblings:
-        if sibling.name < candidate.name and not verify(sibling):
-            warnings.warn(f"resuming from {sibling}", stacklevel=2)
-            return sibling
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """The checkpoint_* directories of a run, oldest first: Ray names them by timestamp and `--local` by a
+    counter, so the names sort by age."""
+    return sorted(p for p in Path(run_dir).glob(f"{PREFIX}*") if p.is_dir())
+
+
+def _newest_verified(directories: list[Path]) -> Path | None:
+    """The last of `directories` (oldest first) that verifies, with a warning for each newer one that does not
+    (none when no directory verifies: the caller says so)."""
+    skipped = []
+    for directory in reversed(directories):
+        problems = verify(directory)
+        if not problems:
+            for corrupt, found in skipped:
+                warnings.warn(f"checkpoint {corrupt} is corrupt ({'; '.join(found[:3])}); resuming from {directory}",
+                              stacklevel=3)
+            return directory
+        skipped.append((directory, problems))
     return None
+
+
+def latest_valid(candidate: str | Path) -> Path | None:
+    """`candidate` if it verifies; else the newest older sibling checkpoint_* that does; else None."""
+    candidate = Path(candidate)
+    older = [p for p in checkpoint_dirs(candidate.parent) if p.name < candidate.name]
+    return _newest_verified([*older, candidate])
+
+
+def newest_valid(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint under `run_dir` that verifies (warning about each newer one that does not), None
+    when the run has none; `DataError` when it has checkpoints and every one fails verification."""
+    directories = checkpoint_dirs(run_dir)
+    found = _newest_verified(directories)
+    if directories and found is None:
+        first = verify(directories[-1])[0]
+        raise DataError(f"all {len(directories)} checkpoints under {run_dir} fail verification: {first}")
+    return found
+
+
+def prune(run_dir: str | Path, keep: int, spare: Collection[str] = ()) -> None:
+    """Delete the checkpoints of `run_dir` beyond the `keep` newest, except those named in `spare`."""
+    for directory in checkpoint_dirs(run_dir)[:-keep]:
+        if directory.name not in spare:
+            shutil.rmtree(directory)
 
 
 # ---------------------------------------------------------------- label-sharded heads

@@ -1,8 +1,9 @@
 """The worker loop's runtime under Ray Train (`trainer.py` runs `train_loop_per_worker` on every worker).
 
 Rank and device from the Ray Train context; batches from this worker's split of the Ray Data stream
-(`stream.py`); checkpoints restored by `ray.train.get_checkpoint` and saved by `ray.train.report` (each
-worker writes into a directory of its own, Ray merges them under `storage_path/name`).
+(`stream.py`); checkpoints saved by `ray.train.report` (each worker writes into a directory of its own, Ray
+merges them under `storage_path/name`) and restored from the newest one there that verifies (with storage on
+an object store, from `ray.train.get_checkpoint`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from xlc.config import RunConfig
 from xlc.tracking import RunLogger
 from xlc.train import checkpoint as ckpt
 from xlc.train import stream
+from xlc.train.driver import resume_point
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
 
 class RayRuntime:
-    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str):
+    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str, run_dir: str | None):
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = torch.device(f"cuda:{context.get_local_rank()}" if cfg.use_gpu else "cpu")
@@ -35,6 +37,7 @@ class RayRuntime:
         self.logger = RunLogger(tracking_uri, run_id) if self.rank == 0 else None
         self._shard = ray.train.get_dataset_shard("train")
         self._batch_size, self._seed = cfg.train.batch_size, cfg.train.seed
+        self._run_dir = run_dir and Path(run_dir)
 
     def epoch_tables(self, epoch: int, drop_last: bool):
         # Ray Data's split is equal per worker, so every rank gets as many batches
@@ -42,6 +45,9 @@ class RayRuntime:
 
     @contextmanager
     def restored(self) -> Iterator[Path | None]:
+        if self._run_dir is not None:  # on a filesystem: every checkpoint there, whether Ray recorded it or not
+            yield resume_point(self._run_dir)
+            return
         restored = ray.train.get_checkpoint()
         if restored is None:
             yield None
@@ -61,4 +67,5 @@ class RayRuntime:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = xconfig.from_dict(loop_config["config"])
-    train_loop(cfg, RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"]), loop_config["head_inputs"])
+    runtime = RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"], loop_config["run_dir"])
+    train_loop(cfg, runtime, loop_config["head_inputs"])

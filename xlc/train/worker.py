@@ -114,7 +114,8 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         if rank == 0 and head_inputs:
             written.append(ckpt.save_head_inputs(directory, head_inputs))
         if rank == 0:
-            written.append(ckpt.write_state(directory, {**vars(progress), "world_size": world, "config": cfg.to_dict()}))
+            written.append(ckpt.write_state(directory, {**vars(progress), "world_size": world, "manifests": world,
+                                                       "config": cfg.to_dict()}))
         ckpt.write_manifest(directory, rank, sorted(set(written)))
 
     def scores(max_rows: int | None) -> dict:
