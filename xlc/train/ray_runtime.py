@@ -2,8 +2,9 @@
 
 Rank and device from the Ray Train context; batches read by each worker in the (seed, epoch) order of
 `data_order: exact` (`driver.exact_epoch`, as `--local` reads them), or from its split of the Ray Data stream
-(`stream.py`, `data_order: stream`); checkpoints restored by `ray.train.get_checkpoint` and saved by `ray.train.report` (each
-worker writes into a directory of its own, Ray merges them under `storage_path/name`).
+(`stream.py`, `data_order: stream`); checkpoints saved by `ray.train.report` (each worker writes into a
+directory of its own, Ray merges them under `storage_path/name`) and restored from the newest one there
+that verifies (with storage on an object store, from `ray.train.get_checkpoint`).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from xlc.config import RunConfig
 from xlc.tracking import RunLogger
 from xlc.train import checkpoint as ckpt
 from xlc.train import stream
-from xlc.train.driver import exact_epoch
+from xlc.train.driver import exact_epoch, resume_point
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
 
 class RayRuntime:
-    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str):
+    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str, run_dir: str | None):
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = torch.device(f"cuda:{context.get_local_rank()}" if cfg.use_gpu else "cpu")
@@ -38,6 +39,7 @@ class RayRuntime:
         self.logger = RunLogger(tracking_uri, run_id) if self.rank == 0 else None
         self.cfg = cfg
         self._shard = ray.train.get_dataset_shard("train") if cfg.train.data_order == "stream" else None
+        self._run_dir = run_dir and Path(run_dir)
 
     def epoch_tables(self, epoch: int, drop_last: bool):
         if self._shard is None:  # data_order exact
@@ -49,6 +51,9 @@ class RayRuntime:
 
     @contextmanager
     def restored(self) -> Iterator[Path | None]:
+        if self._run_dir is not None:  # on a filesystem: every checkpoint there, whether Ray recorded it or not
+            yield resume_point(self._run_dir)
+            return
         restored = ray.train.get_checkpoint()
         if restored is None:
             yield None
@@ -68,6 +73,6 @@ class RayRuntime:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = xconfig.from_dict(loop_config["config"])
-    runtime = RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"])
+    runtime = RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"], loop_config["run_dir"])
     with runtime.logger.system_metrics() if runtime.logger is not None else nullcontext():  # rank 0's node
         train_loop(cfg, runtime, loop_config["head_inputs"])

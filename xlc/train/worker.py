@@ -91,7 +91,7 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
                     f"workers={world}: the checkpoint was written by {state['world_size']} workers with ZeRO "
                     f"stage {xengine.zero_stage(ds_config)}; resuming on another worker count needs stage 0"
                 )
-            engine.load_checkpoint(str(directory), tag="engine", load_module_strict=True)  # + the lr schedule
+            xengine.load_checkpoint(engine, directory, tag="engine")  # + the lr schedule; weights only
             if sharded:
                 ckpt.load_head_shard(directory, head, trainer.head_opt)
             if trainer.sparse_opt is not None:
@@ -118,7 +118,8 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         if rank == 0 and head_inputs:
             written.append(ckpt.save_head_inputs(directory, head_inputs))
         if rank == 0:
-            written.append(ckpt.write_state(directory, {**vars(progress), "world_size": world, "config": cfg.to_dict()}))
+            written.append(ckpt.write_state(directory, {**vars(progress), "world_size": world, "manifests": world,
+                                                       "config": cfg.to_dict()}))
         ckpt.write_manifest(directory, rank, sorted(set(written)))
 
     def scores(max_rows: int | None) -> dict:
