@@ -24,6 +24,16 @@ def assert_close(actual, expected, atol=1e-6, rtol=1e-6, msg=""):
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, check_dtype=False, msg=msg or None)
 
 
+class Payload:
+    """A pickle that runs code: unpickling it calls open(marker, "w"), so the file appears if a loader ran it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
 def free_ports(n: int = 1) -> list[int]:
     """`n` distinct free TCP ports on 127.0.0.1 (all bound at once, so none repeats)."""
     socks = []

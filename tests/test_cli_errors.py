@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 
 import pytest
@@ -80,3 +81,36 @@ def test_ui_on_a_port_it_cannot_listen_on(tmp_path, monkeypatch, capsys, port, m
         if port == "taken":
             port = str(listener.getsockname()[1])
         assert xlc(capsys, "ui", "--port", port) == (2, f"error: {message.format(port=port)}\n")
+
+
+def test_train_on_a_truncated_parquet_file_stops_before_ray_and_mlflow(tmp_path, monkeypatch, capsys):
+    data = _xc_dataset(tmp_path, "own", 5)
+    part = sorted((data / "train").glob("*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:-20])  # a copy cut short: the footer is gone
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"name": "cut", "data": str(data), "tracking": {"uri": f"sqlite:///{tmp_path / 'db'}"},
+                                      "storage": {"path": str(tmp_path / "checkpoints")}}))
+    code, err = xlc(capsys, "train", str(config))
+    assert (code, err.count("\n")) == (2, 1), err
+    assert err.startswith(f"error: {part}: not a readable Parquet file (") and "rebuild or copy the dataset" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["own", "run.yaml", "trn.txt", "tst.txt"]  # no store
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+@pytest.mark.parametrize("launcher", [[], ["--local"]])
+def test_train_with_every_checkpoint_corrupt_stops_before_mlflow_and_keeps_them(tmp_path, capsys, launcher):
+    data = _xc_dataset(tmp_path, "own", 5)
+    run_dir = tmp_path / "checkpoints" / "broken"
+    for index in (1, 2):
+        checkpoint = run_dir / f"checkpoint_00000{index}"
+        checkpoint.mkdir(parents=True)
+        state = checkpoint / "state.json"
+        state.write_text(json.dumps({"step": index}))
+        (checkpoint / "manifest_0.json").write_text(json.dumps({"state.json": {"sha256": "0" * 64, "bytes": 11}}))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"name": "broken", "data": str(data), "tracking": {"uri": f"sqlite:///{tmp_path / 'db'}"},
+                                      "storage": {"path": str(tmp_path / "checkpoints")}}))
+    assert xlc(capsys, "train", str(config), *launcher) == (
+        2, f"error: all 2 checkpoints under {run_dir} fail verification: {state}: checksum mismatch; "
+           "rerun with --restart to start from step 0\n")
+    assert not (tmp_path / "db").exists() and len(list(run_dir.iterdir())) == 2  # no MLflow run, nothing deleted

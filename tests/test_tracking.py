@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from xlc import tracking
 
 
-def test_runs_follow_mlflow_conventions_and_record_changed_params_on_resume(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory) -> str:
+    """One SQLite store for the module (creating one takes seconds); each test uses its own experiment."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def test_runs_follow_mlflow_conventions_and_record_changed_params_on_resume(uri, tmp_path):
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
     (data / "meta.json").write_text(json.dumps({"name": "tiny", "num_labels": 7, "multi_label": False}))
@@ -33,3 +40,20 @@ def test_runs_follow_mlflow_conventions_and_record_changed_params_on_resume(tmp_
     assert json.loads(dataset.profile)["num_labels"] == 7
     experiment = client.get_experiment_by_name("exp")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow 3's GenAI view
+
+
+def test_a_run_ends_killed_on_an_interrupt_failed_on_an_error_and_fresh_starts_another(uri):
+    client = tracking.client(uri)
+    first, _ = tracking.start_run(uri, "ending", "r", {}, {})
+    with pytest.raises(KeyboardInterrupt), tracking.ending(uri, first):  # SIGINT, and SIGTERM as `xlc train` raises it
+        raise KeyboardInterrupt
+    assert client.get_run(first).info.status == "KILLED"
+    again, resumed = tracking.start_run(uri, "ending", "r", {}, {})
+    with pytest.raises(RuntimeError), tracking.ending(uri, again):
+        raise RuntimeError("a bug")
+    assert (again, resumed, client.get_run(first).info.status) == (first, True, "FAILED")
+    fresh, fresh_resumed = tracking.start_run(uri, "ending", "r", {}, {}, fresh=True)  # `xlc train --restart`
+    with tracking.ending(uri, fresh):
+        pass
+    assert fresh != first and not fresh_resumed and client.get_run(fresh).info.status == "FINISHED"
+    assert tracking.find_run(uri, "ending", "r").info.run_id == fresh  # the next resume continues the new run

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import SimpleNamespace
 from typing import List, Optional
 
 import typer
 
 from xlc import progress
-from xlc.errors import ConfigError, DataError, XlcError
+from xlc.errors import ConfigError, DataError, Interrupted, XlcError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and compare extreme-label classifier heads.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks of the hot paths (results in docs/benchmarks.md).")
@@ -28,6 +32,23 @@ def _stop_local_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextmanager
+def _interrupts() -> Iterator[SimpleNamespace]:
+    """Inside the block SIGTERM raises `KeyboardInterrupt` as Ctrl-C does, so a run stopped either way ends the
+    same way; the yielded `.signum` says which signal it was (Ray re-raises either as a plain KeyboardInterrupt)."""
+    received = SimpleNamespace(signum=signal.SIGINT)
+
+    def on_sigterm(signum, frame) -> None:
+        received.signum = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # main thread only, as every signal handler
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_result(result: dict, as_json: bool) -> None:
@@ -52,25 +73,35 @@ def train(
     overrides: Optional[List[str]] = OVERRIDES,
     as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
     local: bool = typer.Option(False, "--local", help="No Ray: this process (or each torchrun rank) trains"),
+    restart: bool = typer.Option(False, "--restart", help="Start from step 0: delete the run's checkpoints and "
+                                 "open a new MLflow run of the same name"),
 ) -> None:
-    """Train one run (resumes a run of the same name); print its MLflow run id and final metrics."""
+    """Train one run (resumes a run of the same name); print its MLflow run id and final metrics. Ctrl-C or
+    SIGTERM ends the MLflow run as KILLED and says which step the same command resumes from."""
     from xlc.config import load
+    from xlc.train.driver import resume_hint
 
     if as_json:  # stdout is the result's; step lines stay on stderr, progress bars off
         progress.quiet()
 
     cfg = load(config, overrides or [])
-    # Under torchrun, --local is implied: its own parser rejects a `--local` after the script as an ambiguous
-    # prefix of its options (`torchrun ... -m xlc.cli -- train CONFIG --local` passes it through).
-    if local or "TORCHELASTIC_RUN_ID" in os.environ:  # no Ray; ranks other than 0 return None, print nothing
-        from xlc.train.local import train as train_local
+    with _interrupts() as interrupt:
+        try:
+            # Under torchrun, --local is implied: its own parser rejects a `--local` after the script as an
+            # ambiguous prefix of its options (`torchrun ... -m xlc.cli -- train CONFIG --local` passes it through).
+            if local or "TORCHELASTIC_RUN_ID" in os.environ:  # no Ray; ranks other than 0 return None, print nothing
+                from xlc.train.local import train as train_local
 
-        result = train_local(cfg)
-    else:
-        from xlc.train.trainer import train as train_ray
+                result = train_local(cfg, restart)
+            else:
+                from xlc.train.trainer import train as train_ray
 
-        result = train_ray(cfg)
-        _stop_local_ray()
+                try:
+                    result = train_ray(cfg, restart)
+                finally:
+                    _stop_local_ray()
+        except KeyboardInterrupt:
+            raise Interrupted(resume_hint(cfg), interrupt.signum) from None
     if result is not None:
         _print_result({"run_id": result["run_id"], "metrics": result["metrics"]}, as_json)
 
@@ -240,6 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         for line in str(e).splitlines():  # one line per problem (a config reports every field at once)
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code or 0)

@@ -175,7 +175,7 @@ def run_baseline(cfg: RunConfig, options: dict, uri: str) -> dict:
             else:
                 metrics = evaluate_knn(cfg.data, **common, **options)
     except Exception as e:
-        tracking.end_run(uri, run_id, failed=True)
+        tracking.end_run(uri, run_id, "FAILED")
         if isinstance(e, TypeError):
             raise ConfigError(f"{name} options {sorted(options)}: {e}") from None
         raise
@@ -230,7 +230,7 @@ def run_compare(path: str | Path, overrides: list[str], out_dir: str | Path = "x
                 result = train(cfg)
             runs.append({"method": method, "run_id": result["run_id"], "metrics": result["metrics"]})
     except BaseException:
-        tracking.end_run(uri, parent_id, failed=True)
+        tracking.end_run(uri, parent_id, "FAILED")
         raise
 
     md, table_csv = format_table(runs)

@@ -20,6 +20,7 @@ import yaml
 from xlc.errors import ConfigError
 
 RUNS_DIR = Path("xlc-runs")  # the local MLflow store and the default checkpoint storage
+DATA_ORDERS = ("exact", "stream")  # train.data_order
 
 
 @dataclass
@@ -54,6 +55,10 @@ class TrainConfig:
     schedule: str = "constant"
     warmup_steps: int = 0
     clip_grad_norm: float | None = 1.0  # max gradient norm (engine and a sharded head, each its own); None: off
+    # "exact": each rank reads its share of the epoch, in an order set by (seed, epoch), straight from Parquet,
+    # so a resumed run (mid-epoch included) trains on exactly the rows it would have; "stream": Ray Data's
+    # streaming split (reading and decoding in Ray tasks, on any node), whose order varies run to run
+    data_order: str = "exact"
 
 
 @dataclass
@@ -239,6 +244,8 @@ def _check_values(cfg: RunConfig, errors: list[str]) -> None:
 
     if cfg.train.schedule not in SCHEDULES:
         errors.append(f"train.schedule={cfg.train.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+    if cfg.train.data_order not in DATA_ORDERS:
+        errors.append(f"train.data_order={cfg.train.data_order!r}: expected one of {', '.join(DATA_ORDERS)}")
     if cfg.train.warmup_steps < 0:
         errors.append(f"train.warmup_steps={cfg.train.warmup_steps}: must be >= 0 (0: no warmup)")
     if cfg.train.clip_grad_norm is not None and not cfg.train.clip_grad_norm > 0:

@@ -11,3 +11,12 @@ class ConfigError(XlcError):
 
 class DataError(XlcError):
     """A dataset file is malformed; the message names the file and the line, row or field."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped a command: `cli` prints the message as one line and exits with 128 + `signum`
+    (130, 143). Not an `XlcError`: nothing was wrong with the input."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -29,7 +29,7 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag  # noqa: E402
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from xlc.config import RUNS_DIR, RunConfig  # noqa: E402
@@ -115,8 +115,10 @@ def source_tags() -> dict[str, str]:
 
 
 def start_run(uri: str, experiment: str, run_name: str, params: dict[str, str], tags: dict[str, str], *,
-              parent_run_id: str | None = None, description: str | None = None) -> tuple[str, bool]:
-    """Create the run named `run_name`, or reopen it: returns (run_id, resumed).
+              parent_run_id: str | None = None, description: str | None = None, fresh: bool = False
+              ) -> tuple[str, bool]:
+    """Create the run named `run_name`, or reopen it (unless `fresh`: a new run of the same name, which later
+    resumes then find): returns (run_id, resumed).
 
     MLflow params are immutable, so a resumed run whose config changed keeps its first values and records
     each change as a tag `changed_on_resume.KEY` = "old -> new" (new keys are logged as params).
@@ -127,7 +129,7 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, str], 
         tags["mlflow.parentRunId"] = parent_run_id
     if description:
         tags["mlflow.note.content"] = description
-    existing = find_run(uri, experiment, run_name)
+    existing = None if fresh else find_run(uri, experiment, run_name)
     if existing is not None:
         run_id, old = existing.info.run_id, existing.data.params
         c.update_run(run_id, status="RUNNING")
@@ -155,23 +157,39 @@ def log_dataset(uri: str, run_id: str, data_dir: str | Path, context: str = "tra
     client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 
-def open_training_run(cfg: RunConfig, meta, workers: int) -> tuple[str, str, bool]:
-    """Create or reopen (same name: resume) the MLflow run of `cfg` (`meta`: its dataset's `DatasetMeta`) with
-    its params, tags, description, dataset input and config.yaml: (uri, run_id, resumed)."""
+def open_training_run(cfg: RunConfig, meta, workers: int, fresh: bool = False) -> tuple[str, str, bool]:
+    """Create or reopen (same name: resume; `fresh`: always create) the MLflow run of `cfg` (`meta`: its dataset's
+    `DatasetMeta`) with its params, tags, description, dataset input and config.yaml: (uri, run_id, resumed)."""
     uri = resolve_uri(cfg.tracking.uri)
     tags = {"dataset": meta.name, "head": cfg.head.name, "workers": str(workers)}
     description = (f"{cfg.head.name} head on a {cfg.backbone.name} backbone, {meta.name} "
                    f"({meta.num_labels:,} labels), {workers} workers")
     run_id, resumed = start_run(uri, cfg.tracking.experiment, cfg.name, flatten(cfg.to_dict()), tags,
-                                parent_run_id=cfg.tracking.parent, description=description)
+                                parent_run_id=cfg.tracking.parent, description=description, fresh=fresh)
     if not resumed:
         log_dataset(uri, run_id, cfg.data)
     RunLogger(uri, run_id).dict(cfg.to_dict(), "config.yaml")
     return uri, run_id, resumed
 
 
-def end_run(uri: str, run_id: str, failed: bool = False) -> None:
-    client(uri).set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED))
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Terminate the run as FINISHED, FAILED or KILLED."""
+    client(uri).set_terminated(run_id, status)
+
+
+@contextmanager
+def ending(uri: str, run_id: str) -> Iterator[None]:
+    """End the run when the block does: FINISHED, KILLED on an interrupt (`KeyboardInterrupt`: SIGINT, and
+    SIGTERM as `xlc train` raises it), FAILED on any other exception, which propagates."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        end_run(uri, run_id, "KILLED")
+        raise
+    except BaseException:
+        end_run(uri, run_id, "FAILED")
+        raise
+    end_run(uri, run_id)
 
 
 class RunLogger:
@@ -226,6 +244,7 @@ def metric_name(key: str) -> str:
 __all__ = [
     "RunLogger",
     "end_run",
+    "ending",
     "experiment_id",
     "find_run",
     "flatten",

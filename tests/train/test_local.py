@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from data_tools.builders import synthetic
-from tests.helpers import assert_close
+from tests.helpers import Payload, assert_close
 from xlc.data import read_meta
 from xlc.heads import build_head
 from xlc.train import checkpoint as ckpt
@@ -141,3 +143,57 @@ def test_zero3_bf16_run_evaluates_offline_from_its_partitions(tmp_path, dataset)
     assert proc.returncode == 0, proc.stderr[-4000:]
     offline = json.loads(proc.stdout.strip().splitlines()[-1])["metrics"]
     assert trained["p@1"] > 0.3 and abs(offline["p@1"] - trained["p@1"]) < 0.02
+
+
+def _runs_named(tmp_path: Path, name: str) -> list:
+    """The MLflow runs of `write_config`'s store named `name`, newest first."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("local").experiment_id],
+                              filter_string=f"attributes.run_name = '{name}'", order_by=["attributes.start_time DESC"])
+
+
+@pytest.mark.slow  # 10-50 s each on the shared 2-core machine: a --local run until its first checkpoint
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_ends_killed_and_says_where_it_resumes(tmp_path, dataset, signum):
+    config = write_config(tmp_path, dataset, "stopped", epochs=1000, checkpoint_every_steps=4)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN: as at a terminal here
+    proc = subprocess.Popen([sys.executable, "-m", "xlc.cli", "train", str(config), "--local"], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    run_dir = tmp_path / "checkpoints" / "stopped"
+    deadline = time.monotonic() + 300
+    while not ckpt.checkpoint_dirs(run_dir) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    step = ckpt.read_state(ckpt.newest_valid(run_dir))["step"]
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert err.splitlines()[-1] == f"interrupted; rerun the same command to resume from step {step}", err[-3000:]
+    (run,) = _runs_named(tmp_path, "stopped")
+    assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow  # 25-130 s on the shared 2-core machine: three --local runs
+def test_a_checkpoint_holding_pickled_code_is_refused_and_restart_starts_over(tmp_path, dataset):
+    config = write_config(tmp_path, dataset, "doctored", max_steps=3)
+    first = xlc_local(tmp_path, str(config))
+    (saved,) = ckpt.checkpoint_dirs(tmp_path / "checkpoints" / "doctored")
+    module_file, marker = saved / ckpt.ENGINE_MODULE_FILE, tmp_path / "ran"
+    doctored = torch.load(module_file, weights_only=False)  # the test's own file
+    doctored["client_state"] = Payload(str(marker))
+    torch.save(doctored, module_file)
+    ckpt.write_manifest(saved, 0, [saved / name for name in json.loads((saved / "manifest_0.json").read_text())])
+    assert ckpt.verify(saved) == []  # the manifest matches: only the loader stands between the file and its code
+
+    proc = subprocess.run([sys.executable, "-m", "xlc.cli", "train", str(config), "--local"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1].startswith(f"error: {module_file}: refusing to load it: it holds pickled "
+                                                   "objects other than weights (Unsupported global: GLOBAL io.open")
+    assert not marker.exists()
+    assert _runs_named(tmp_path, "doctored")[0].info.status == "FAILED"
+
+    again = xlc_local(tmp_path, str(config), "--restart")  # deletes the run's checkpoints, opens a new MLflow run
+    (saved,) = ckpt.checkpoint_dirs(tmp_path / "checkpoints" / "doctored")
+    assert ckpt.read_state(saved)["step"] == 3 and again["run_id"] != first["run_id"]
+    assert [r.info.status for r in _runs_named(tmp_path, "doctored")] == ["FINISHED", "FAILED"]

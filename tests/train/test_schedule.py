@@ -48,11 +48,12 @@ def test_total_steps_counts_optimiser_steps():
 def test_schedule_and_clipping_values_are_checked_at_load():
     with pytest.raises(ConfigError) as err:
         xconfig.from_dict({"name": "t", "data": "d", "train": {"schedule": "cos", "warmup_steps": -1,
-                                                               "clip_grad_norm": 0}})
+                                                               "clip_grad_norm": 0, "data_order": "random"}})
     lines = str(err.value).splitlines()
     assert any(line.startswith("train.schedule='cos': expected one of constant, linear, cosine") for line in lines)
     assert any(line.startswith("train.warmup_steps=-1") for line in lines)
     assert any(line.startswith("train.clip_grad_norm=0") for line in lines)
+    assert "train.data_order='random': expected one of exact, stream" in lines
 
 
 def test_deepspeed_json_may_not_set_its_own_schedule_or_clipping(tmp_path):

@@ -1,11 +1,12 @@
 """Dataset directory: Parquet schema and meta, streamed reading, collate into torch batches. No Ray here."""
 
 from xlc.data.collate import Batch, collate
-from xlc.data.reader import iter_batches, iter_tables, label_counts, label_names, split_files
+from xlc.data.reader import check_files, iter_batches, iter_tables, label_counts, label_names, split_files
 from xlc.data.schema import DatasetMeta, read_meta, row_schema, validate_table
 
 __all__ = [
     "Batch",
+    "check_files",
     "DatasetMeta",
     "collate",
     "iter_batches",

@@ -25,6 +25,22 @@ def split_files(directory: str | Path, split: str) -> list[str]:
     return files
 
 
+def check_files(directory: str | Path) -> None:
+    """Every Parquet file of a dataset directory (labels.parquet and both splits) has a readable footer: a
+    truncated or half-copied file has none. Reads only the footers, so a launcher runs it before any worker
+    starts; `DataError` with one line per unreadable file, naming it."""
+    root = Path(directory)
+    paths = [str(root / LABELS_FILE)] + [path for split in SPLITS for path in split_files(root, split)]
+    problems = []
+    for path in paths:
+        try:
+            pq.read_metadata(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            problems.append(f"{path}: not a readable Parquet file ({e}); rebuild or copy the dataset again")
+    if problems:
+        raise DataError("\n".join(problems))
+
+
 def _rebatched(pieces: Iterator[pa.RecordBatch], batch_size: int) -> Iterator[pa.Table]:
     """Regroup record batches of any length (file ends make short ones) into tables of exactly `batch_size`
     rows; the last may be shorter. Holds at most about two batches of rows."""

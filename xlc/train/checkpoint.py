@@ -5,11 +5,15 @@ Layout of one checkpoint directory (each rank writes its own files; Ray merges t
     head_shard_{r}.pt       label-sharded head of rank r: {label_start, label_end, tensors, moments, rest}
     head_inputs.pt          a fitted head's constructor inputs (rank 0; `xlc.heads.FittedHead`)
     optimizer_sparse.pt     SparseAdam state of the sparse-gradient embedding tables (rank 0; replicated)
-    state.json              `Progress`, world size, the run config (rank 0)
+    rng_{r}.pt              rank r's random generator states (restored on a resume at the same world size)
+    state.json              `Progress`, world size, the run config, how many manifests to expect (rank 0)
     manifest_{r}.json       sha256 + size of every file rank r wrote
+A checkpoint verifies when manifest_0 and every manifest state.json counts are there and every file they
+list has its size and checksum; a resume takes the newest checkpoint of the run directory that verifies.
 A `xlc.heads.ShardedHead` names its label-dimension state entries in `label_sharded`; on load the rows of
 the new range [start, end) are cut from whichever saved shards cover them, so a run saved on 2
-workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True`.
+workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True` (DeepSpeed's too:
+`xlc.train.engine.load_checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
+import shutil
 import sys
 import warnings
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,6 +37,7 @@ from xlc.errors import DataError
 from xlc.heads import ShardedHead
 
 STATE_FILE = "state.json"
+PREFIX = "checkpoint_"
 HEAD_INPUTS_FILE = "head_inputs.pt"
 
 
@@ -67,6 +76,20 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_file(path: str | Path, map_location="cpu", allowed: Sequence[Any] = ()) -> Any:
+    """`torch.load(path, weights_only=True)`: tensors and plain data, plus the classes in `allowed`. A file holding
+    any other pickled object (which an unrestricted load would construct, running its code) raises `DataError`
+    naming the file; nothing in it runs."""
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message: advice on loading it anyway, then "WeightsUnpickler error: Unsupported global: ..."
+        reason = str(e).partition("WeightsUnpickler error: ")[2].partition(" Please use")[0] or str(e)
+        raise DataError(f"{path}: refusing to load it: it holds pickled objects other than weights "
+                        f"({reason.strip().rstrip('.')})") from None
+
+
 def write_manifest(directory: Path, rank: int, files: list[Path]) -> None:
     """Record sha256 and size of `files` (relative to `directory`) as manifest_{rank}.json."""
     entries = {str(f.relative_to(directory)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in files}
@@ -74,11 +97,12 @@ def write_manifest(directory: Path, rank: int, files: list[Path]) -> None:
 
 
 def verify(directory: str | Path) -> list[str]:
-    """Problems found in a checkpoint directory: missing manifest, missing, truncated or altered files."""
+    """Problems found in a checkpoint directory: a missing manifest (rank 0's, or of any of the ranks state.json
+    counts), missing, truncated or altered files."""
     directory = Path(directory)
     manifests = sorted(directory.glob("manifest_*.json"))
-    if not manifests:
-        return [f"{directory}: no manifest_*.json (checkpoint incomplete)"]
+    if not (directory / "manifest_0.json").is_file():
+        return [f"{directory}: no manifest_0.json (checkpoint incomplete)"]
     problems = []
     for manifest in manifests:
         try:
@@ -94,6 +118,10 @@ def verify(directory: str | Path) -> list[str]:
                 problems.append(f"{path}: {path.stat().st_size} bytes, expected {want['bytes']} (truncated)")
             elif _sha256(path) != want["sha256"]:
                 problems.append(f"{path}: checksum mismatch")
+    if not problems and (directory / STATE_FILE).is_file():  # verified above when rank 0 listed it
+        for rank in range(read_state(directory).get("manifests", 1)):
+            if not (directory / f"manifest_{rank}.json").is_file():
+                problems.append(f"{directory}: no manifest_{rank}.json (rank {rank} did not finish writing)")
     return problems
 
 
@@ -127,7 +155,7 @@ def save_head_inputs(directory: Path, inputs: dict) -> Path:
 
 def load_head_inputs(directory: str | Path) -> dict:
     path = Path(directory) / HEAD_INPUTS_FILE
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+    return load_file(path) if path.is_file() else {}
 
 
 def save_optimizer(directory: Path, name: str, optimizer: torch.optim.Optimizer) -> Path:
@@ -141,7 +169,30 @@ def load_optimizer(directory: str | Path, name: str, optimizer: torch.optim.Opti
     path = Path(directory) / f"optimizer_{name}.pt"
     if not path.is_file():
         raise DataError(f"{path}: missing; the checkpoint was written without a {name} optimiser")
-    optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(load_file(path))
+
+
+def save_rng(directory: Path, rank: int) -> Path:
+    """This rank's random generators (dropout masks, sampled negatives) as `rng_{rank}.pt`: restored on a resume
+    at the same world size, the resumed steps draw what the uninterrupted run drew."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    path = directory / f"rng_{rank}.pt"
+    _atomic_torch_save(state, path)
+    return path
+
+
+def load_rng(directory: str | Path, rank: int) -> bool:
+    """Restore this rank's generators from `rng_{rank}.pt`; False when the checkpoint has none for this rank."""
+    path = Path(directory) / f"rng_{rank}.pt"
+    if not path.is_file():
+        return False
+    state = load_file(path)
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    return True
 
 
 ENGINE_MODULE_FILE = "engine/mp_rank_00_model_states.pt"  # DeepSpeed's module states (ZeRO 0-2)
@@ -156,13 +207,15 @@ def module_state(directory: str | Path) -> dict[str, torch.Tensor]:
         ZeRO-0        the module states; under bf16/fp16 its parameters replaced by the optimiser's fp32 masters"""
     directory = Path(directory)
     if (directory / MODEL_FILE).is_file():
-        return torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        return load_file(directory / MODEL_FILE)
     if any((directory / "engine").glob("*zero_pp_rank_*_optim_states.pt")):
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         with contextlib.redirect_stdout(sys.stderr):  # it reports progress on stdout, where `--json` answers
             return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag="engine")
-    states = torch.load(directory / ENGINE_MODULE_FILE, map_location="cpu", weights_only=True)
+    from xlc.train.engine import deepspeed_globals  # DeepSpeed's optimiser state holds a few of its classes
+
+    states = load_file(directory / ENGINE_MODULE_FILE, allowed=deepspeed_globals())
     masters = [t for group in (states.get("optimizer") or {}).get("fp32_groups", []) for t in group]
     if not masters:
         return states["module"]
@@ -186,31 +239,63 @@ def export_weights(directory: str | Path, out: str | Path) -> Path:
     written = [out / MODEL_FILE]
     _atomic_torch_save(weights, written[0])
     for path in sorted(directory.glob("head_shard_*.pt")):
-        shard = torch.load(path, map_location="cpu", weights_only=True)
+        shard = load_file(path)
         shard["moments"] = {}
         written.append(out / path.name)
         _atomic_torch_save(shard, written[-1])
-    for name in (HEAD_INPUTS_FILE, STATE_FILE):
-        if (directory / name).is_file():
-            written.append(out / name)
-            _atomic_write_bytes(written[-1], (directory / name).read_bytes())
+    if (directory / HEAD_INPUTS_FILE).is_file():
+        written.append(out / HEAD_INPUTS_FILE)
+        _atomic_write_bytes(written[-1], (directory / HEAD_INPUTS_FILE).read_bytes())
+    if (directory / STATE_FILE).is_file():
+        written.append(write_state(out, {**read_state(directory), "manifests": 1}))
     write_manifest(out, 0, written)
     return out
 
 
-def latest_valid(candidate: str | Path) -> Path | None:
-    """`candidate` if it verifies; else the newest sibling checkpoint_* that does, with a warning."""
-    candidate = Path(candidate)
-    problems = verify(candidate)
-    if not problems:
-        return candidate
-    warnings.warn(f"checkpoint {candidate} is corrupt ({'; '.join(problems[:3])}); trying the previous one", stacklevel=2)
-    siblings = sorted((p for p in candidate.parent.glob("checkpoint_*") if p.is_dir() and p != candidate), reverse=True)
-    for sibling in siblings:
-        if sibling.name < candidate.name and not verify(sibling):
-            warnings.warn(f"resuming from {sibling}", stacklevel=2)
-            return sibling
+def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+    """The checkpoint_* directories of a run, oldest first: Ray names them by timestamp and `--local` by a
+    counter, so the names sort by age."""
+    return sorted(p for p in Path(run_dir).glob(f"{PREFIX}*") if p.is_dir())
+
+
+def _newest_verified(directories: list[Path]) -> Path | None:
+    """The last of `directories` (oldest first) that verifies, with a warning for each newer one that does not
+    (none when no directory verifies: the caller says so)."""
+    skipped = []
+    for directory in reversed(directories):
+        problems = verify(directory)
+        if not problems:
+            for corrupt, found in skipped:
+                warnings.warn(f"checkpoint {corrupt} is corrupt ({'; '.join(found[:3])}); resuming from {directory}",
+                              stacklevel=3)
+            return directory
+        skipped.append((directory, problems))
     return None
+
+
+def latest_valid(candidate: str | Path) -> Path | None:
+    """`candidate` if it verifies; else the newest older sibling checkpoint_* that does; else None."""
+    candidate = Path(candidate)
+    older = [p for p in checkpoint_dirs(candidate.parent) if p.name < candidate.name]
+    return _newest_verified([*older, candidate])
+
+
+def newest_valid(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint under `run_dir` that verifies (warning about each newer one that does not), None
+    when the run has none; `DataError` when it has checkpoints and every one fails verification."""
+    directories = checkpoint_dirs(run_dir)
+    found = _newest_verified(directories)
+    if directories and found is None:
+        first = verify(directories[-1])[0]
+        raise DataError(f"all {len(directories)} checkpoints under {run_dir} fail verification: {first}")
+    return found
+
+
+def prune(run_dir: str | Path, keep: int, spare: Collection[str] = ()) -> None:
+    """Delete the checkpoints of `run_dir` beyond the `keep` newest, except those named in `spare`."""
+    for directory in checkpoint_dirs(run_dir)[:-keep]:
+        if directory.name not in spare:
+            shutil.rmtree(directory)
 
 
 # ---------------------------------------------------------------- label-sharded heads
@@ -260,7 +345,7 @@ def load_head_shard(directory: str | Path, head: ShardedHead, optimizer: torch.o
     paths = sorted(Path(directory).glob("head_shard_*.pt"))
     if not paths:
         raise DataError(f"{directory}: checkpoint has no head_shard_*.pt files for the sharded head")
-    shards = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    shards = [load_file(p) for p in paths]
     if shards[0]["num_labels"] != head.num_labels:
         raise DataError(f"{paths[0]}: saved head has {shards[0]['num_labels']} labels, this run {head.num_labels}")
     start, end = int(head.label_start), int(head.label_end)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from xlc.errors import ConfigError
+from xlc.train import checkpoint as ckpt
 
 
 def select_accelerator(use_gpu: bool) -> None:
@@ -111,6 +112,43 @@ def gathered(module: torch.nn.Module):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(list(module.parameters()))
+
+
+def deepspeed_globals() -> list[type]:
+    """The classes DeepSpeed pickles into its checkpoint files beside tensors and plain data: found by saving at
+    ZeRO 0, 1 and 2 in fp32 and bf16 (`torch.serialization.get_unsafe_globals_in_checkpoint`: ZeRO 0 none, ZeRO
+    1-2 the first three), plus the loss scaler fp16 saves in their place."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address, DynamicLossScaler]
+
+
+class _WeightsOnlyLoads:
+    """A DeepSpeed checkpoint engine that reads every file with `weights_only=True` (DeepSpeed's own passes
+    `weights_only=False`, so a doctored file would run code on load); the rest is the wrapped engine's."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self._allowed = deepspeed_globals()
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location=None):
+        return ckpt.load_file(path, map_location=map_location, allowed=self._allowed)
+
+
+def load_checkpoint(engine, directory: str | Path, tag: str) -> None:
+    """`engine.load_checkpoint` (module, optimiser, lr schedule, strict module keys) with every file read by
+    `weights_only=True`; a file holding any other pickled object raises `DataError` and runs nothing."""
+    original = engine.checkpoint_engine
+    engine.checkpoint_engine = _WeightsOnlyLoads(original)
+    try:
+        engine.load_checkpoint(str(directory), tag=tag, load_module_strict=True)
+    finally:
+        engine.checkpoint_engine = original
 
 
 def accumulation_steps(ds_config: dict) -> int:

@@ -4,8 +4,8 @@ One process by default; under `torchrun --nproc_per_node N -m xlc.cli train CONF
 process (RANK, WORLD_SIZE, LOCAL_RANK from the launcher; gloo on CPU, nccl on GPU). Each rank reads the
 train split's Parquet files itself (`xlc.data.iter_tables`: batch i of a seeded per-epoch shuffle goes to
 rank i % world), checkpoints go to `storage.path/NAME/checkpoint_NNNNNN` (the `storage.keep` newest are
-kept; the same name again resumes from the newest valid one), and rank 0 logs to MLflow when it is
-installed (without it, training, evaluation and checkpoints run as usual and tracking is off).
+kept; the same name again resumes from the newest valid one, `--restart` deletes them and starts over), and
+rank 0 logs to MLflow when it is installed (without it, training, evaluation and checkpoints run as usual and tracking is off).
 Nothing here imports Ray.
 """
 
@@ -16,57 +16,42 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from itertools import islice
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from xlc import data as xdata
 from xlc.config import RunConfig
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
 from xlc.train import checkpoint as ckpt
-from xlc.train.driver import fit_inputs, prepare, reported, storage_path, train_columns
+from xlc.train.driver import (exact_epoch, fit_inputs, prepare, reported, resume_point, run_dir, start_over,
+                              storage_path)
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
-
-PREFIX = "checkpoint_"
-
 
 class LocalRuntime:
     def __init__(self, cfg: RunConfig, meta: DatasetMeta, rank: int, world: int, device: torch.device, logger):
         self.cfg, self.meta = cfg, meta
         self.rank, self.world, self.device, self.logger = rank, world, device, logger
         self.root = Path(storage_path(cfg)) / cfg.name
-        found = self.checkpoints()
-        self._index = int(found[-1].name.removeprefix(PREFIX)) if found else 0
+        found = ckpt.checkpoint_dirs(self.root)
+        self._index = int(found[-1].name.removeprefix(ckpt.PREFIX)) if found else 0
         barrier()  # every rank has read the index before any rank writes a checkpoint
 
-    def checkpoints(self) -> list[Path]:
-        """This run's checkpoint directories, oldest first."""
-        return sorted(p for p in self.root.glob(f"{PREFIX}*") if p.is_dir())
-
     def epoch_tables(self, epoch: int, drop_last: bool):
-        batch_size = self.cfg.train.batch_size
-        full, rest = divmod(self.meta.num_train, batch_size)
-        per_rank = (full + (rest > 0 and not drop_last)) // self.world  # whole rounds only: ranks step together
-        tables = xdata.iter_tables(self.cfg.data, "train", batch_size, rank=self.rank, world=self.world,
-                                   columns=train_columns(self.cfg.backbone.name),
-                                   shuffle_seed=self.cfg.train.seed + epoch)
-        return islice(tables, per_rank)
+        return exact_epoch(self.cfg, self.meta.num_train, self.rank, self.world, epoch, drop_last)
 
     @contextmanager
     def restored(self) -> Iterator[Path | None]:
-        found = self.checkpoints()
-        yield ckpt.latest_valid(found[-1]) if found else None
+        yield resume_point(self.root)
 
     def report(self, metrics: dict, write: Callable[[Path], None] | None = None) -> None:
         """Checkpoint when `write` is given; the metrics reach the launcher as `train_loop`'s return value."""
         if write is None:
             return
         self._index += 1
-        final = self.root / f"{PREFIX}{self._index:06d}"
+        final = self.root / f"{ckpt.PREFIX}{self._index:06d}"
         partial = self.root / f".{final.name}.partial"  # renamed when every rank has written its files
         if self.rank == 0:
             shutil.rmtree(partial, ignore_errors=True)  # left by a run killed mid-write
@@ -76,8 +61,7 @@ class LocalRuntime:
         barrier()
         if self.rank == 0:
             partial.rename(final)
-            for old in self.checkpoints()[: -self.cfg.storage.keep]:
-                shutil.rmtree(old)
+            ckpt.prune(self.root, self.cfg.storage.keep)
 
 
 def init_distributed(use_gpu: bool) -> tuple[int, int, torch.device]:
@@ -110,42 +94,44 @@ def load_tracking():
     return tracking
 
 
-def train(cfg: RunConfig) -> dict | None:
-    """Run (or resume) `cfg` on this process's rank: {"run_id" (None when tracking is off), "metrics"} on
-    rank 0, None on the other ranks."""
+def train(cfg: RunConfig, restart: bool = False) -> dict | None:
+    """Run (or resume; `restart`: start over from step 0) `cfg` on this process's rank: {"run_id" (None when
+    tracking is off), "metrics"} on rank 0, None on the other ranks."""
     cfg, meta = prepare(cfg)
+    if not restart:
+        resume_point(run_dir(cfg))  # every checkpoint corrupt: exit 2 now, not a silent restart from step 0
     rank, world, device = init_distributed(cfg.use_gpu)
     try:
-        return _train(cfg, meta, rank, world, device)
+        if restart and rank == 0:
+            start_over(cfg)
+        barrier()
+        return _train(cfg, meta, rank, world, device, restart)
     finally:
         dist.destroy_process_group()
 
 
-def _train(cfg: RunConfig, meta: DatasetMeta, rank: int, world: int, device: torch.device) -> dict | None:
+def _train(cfg: RunConfig, meta: DatasetMeta, rank: int, world: int, device: torch.device,
+           restart: bool) -> dict | None:
     tracking = load_tracking() if rank == 0 else None
     uri = run_id = logger = None
+    ending = nullcontext()
     if tracking is not None:
-        uri, run_id, _ = tracking.open_training_run(cfg, meta, world)
-        logger = tracking.RunLogger(uri, run_id)
+        uri, run_id, _ = tracking.open_training_run(cfg, meta, world, fresh=restart)
+        logger, ending = tracking.RunLogger(uri, run_id), tracking.ending(uri, run_id)
     elif rank == 0:
         print("xlc: mlflow is not installed; tracking is off (metrics are printed, checkpoints written)",
               file=sys.stderr)
-    inputs = [fit_inputs(cfg) if rank == 0 else None]
-    dist.broadcast_object_list(inputs, src=0)  # fitted once (a tree head clusters the labels), the same everywhere
-    runtime = LocalRuntime(cfg, meta, rank, world, device, logger)
-    try:
+    with ending:  # from here on, an exception or an interrupt ends the MLflow run as FAILED or KILLED
+        inputs = [fit_inputs(cfg) if rank == 0 else None]
+        dist.broadcast_object_list(inputs, src=0)  # fitted once (a tree head clusters the labels), the same everywhere
+        runtime = LocalRuntime(cfg, meta, rank, world, device, logger)
         with logger.system_metrics() if logger is not None else nullcontext():
             metrics = train_loop(cfg, runtime, inputs[0])
-    except BaseException:
+        if rank != 0:
+            return None
         if tracking is not None:
-            tracking.end_run(uri, run_id, failed=True)
-        raise
-    if rank != 0:
-        return None
-    if tracking is not None:
-        from xlc.report import log_run_report
+            from xlc.report import log_run_report
 
-        checkpoints = runtime.checkpoints()
-        log_run_report(uri, run_id, cfg.data, checkpoints[-1] if checkpoints else None)
-        tracking.end_run(uri, run_id)
+            checkpoints = ckpt.checkpoint_dirs(runtime.root)
+            log_run_report(uri, run_id, cfg.data, checkpoints[-1] if checkpoints else None)
     return {"run_id": run_id, "metrics": reported(metrics)}

@@ -37,12 +37,9 @@ def checkpoint_of(ref: str, uri: str | None) -> Path:
     storage = Path(run.data.params.get("storage.path") or "None")
     if str(storage) == "None":
         storage = tracking.RUNS_DIR / "checkpoints"
-    candidates = sorted(p for p in (storage / run.info.run_name).glob("checkpoint_*") if p.is_dir())
-    if not candidates:
-        raise ConfigError(f"run {ref}: no checkpoint under {storage / run.info.run_name}")
-    found = ckpt.latest_valid(candidates[-1])
+    found = ckpt.newest_valid(storage / run.info.run_name)  # DataError when every one is corrupt
     if found is None:
-        raise ConfigError(f"run {ref}: every checkpoint under {storage / run.info.run_name} is corrupt")
+        raise ConfigError(f"run {ref}: no checkpoint under {storage / run.info.run_name}")
     return found
 
 

@@ -1,8 +1,10 @@
 """The worker loop's runtime under Ray Train (`trainer.py` runs `train_loop_per_worker` on every worker).
 
-Rank and device from the Ray Train context; batches from this worker's split of the Ray Data stream
-(`stream.py`); checkpoints restored by `ray.train.get_checkpoint` and saved by `ray.train.report` (each
-worker writes into a directory of its own, Ray merges them under `storage_path/name`).
+Rank and device from the Ray Train context; batches read by each worker in the (seed, epoch) order of
+`data_order: exact` (`driver.exact_epoch`, as `--local` reads them), or from its split of the Ray Data stream
+(`stream.py`, `data_order: stream`); checkpoints saved by `ray.train.report` (each worker writes into a
+directory of its own, Ray merges them under `storage_path/name`) and restored from the newest one there
+that verifies (with storage on an object store, from `ray.train.get_checkpoint`).
 """
 
 from __future__ import annotations
@@ -17,31 +19,41 @@ import ray.train
 import torch
 
 from xlc import config as xconfig
+from xlc import data as xdata
 from xlc.config import RunConfig
 from xlc.tracking import RunLogger
 from xlc.train import checkpoint as ckpt
 from xlc.train import stream
+from xlc.train.driver import exact_epoch, resume_point
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
 
 class RayRuntime:
-    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str):
+    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str, run_dir: str | None):
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = torch.device(f"cuda:{context.get_local_rank()}" if cfg.use_gpu else "cpu")
         if not cfg.use_gpu:  # workers share the machine's cores
             torch.set_num_threads(max(1, int(os.environ.get("XLC_THREADS_PER_WORKER", "1"))))
         self.logger = RunLogger(tracking_uri, run_id) if self.rank == 0 else None
-        self._shard = ray.train.get_dataset_shard("train")
-        self._batch_size, self._seed = cfg.train.batch_size, cfg.train.seed
+        self.cfg = cfg
+        self._shard = ray.train.get_dataset_shard("train") if cfg.train.data_order == "stream" else None
+        self._run_dir = run_dir and Path(run_dir)
 
     def epoch_tables(self, epoch: int, drop_last: bool):
+        if self._shard is None:  # data_order exact
+            return exact_epoch(self.cfg, xdata.read_meta(self.cfg.data).num_train, self.rank, self.world, epoch,
+                               drop_last)
         # Ray Data's split is equal per worker, so every rank gets as many batches
-        return stream.epoch_batches(self._shard, self._batch_size, seed=self._seed + epoch, drop_last=drop_last)
+        return stream.epoch_batches(self._shard, self.cfg.train.batch_size, seed=self.cfg.train.seed + epoch,
+                                    drop_last=drop_last)
 
     @contextmanager
     def restored(self) -> Iterator[Path | None]:
+        if self._run_dir is not None:  # on a filesystem: every checkpoint there, whether Ray recorded it or not
+            yield resume_point(self._run_dir)
+            return
         restored = ray.train.get_checkpoint()
         if restored is None:
             yield None
@@ -61,6 +73,6 @@ class RayRuntime:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = xconfig.from_dict(loop_config["config"])
-    runtime = RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"])
+    runtime = RayRuntime(cfg, loop_config["tracking_uri"], loop_config["run_id"], loop_config["run_dir"])
     with runtime.logger.system_metrics() if runtime.logger is not None else nullcontext():  # rank 0's node
         train_loop(cfg, runtime, loop_config["head_inputs"])

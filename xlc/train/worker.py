@@ -91,11 +91,13 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
                     f"workers={world}: the checkpoint was written by {state['world_size']} workers with ZeRO "
                     f"stage {xengine.zero_stage(ds_config)}; resuming on another worker count needs stage 0"
                 )
-            engine.load_checkpoint(str(directory), tag="engine", load_module_strict=True)  # + the lr schedule
+            xengine.load_checkpoint(engine, directory, tag="engine")  # + the lr schedule; weights only
             if sharded:
                 ckpt.load_head_shard(directory, head, trainer.head_opt)
             if trainer.sparse_opt is not None:
                 ckpt.load_optimizer(directory, "sparse", trainer.sparse_opt)
+            if state["world_size"] == world:  # on another world size the draws are another run's anyway
+                ckpt.load_rng(directory, rank)
             progress = Progress.from_state(state)
 
     logger = runtime.logger
@@ -108,6 +110,7 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         """This rank's files of one checkpoint, and its manifest."""
         engine.save_checkpoint(str(directory), tag="engine", save_latest=False)
         written = ckpt.engine_files(directory / "engine", rank)  # DeepSpeed decides which rank writes what
+        written.append(ckpt.save_rng(directory, rank))
         if sharded:
             written.append(ckpt.save_head_shard(directory, head, trainer.head_opt, rank))
         if rank == 0 and trainer.sparse_opt is not None:  # replicated: every rank holds the same state
@@ -115,7 +118,8 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         if rank == 0 and head_inputs:
             written.append(ckpt.save_head_inputs(directory, head_inputs))
         if rank == 0:
-            written.append(ckpt.write_state(directory, {**vars(progress), "world_size": world, "config": cfg.to_dict()}))
+            written.append(ckpt.write_state(directory, {**vars(progress), "world_size": world, "manifests": world,
+                                                       "config": cfg.to_dict()}))
         ckpt.write_manifest(directory, rank, sorted(set(written)))
 
     def scores(max_rows: int | None) -> dict:
