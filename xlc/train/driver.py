@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
@@ -119,17 +118,24 @@ def train_columns(backbone: str) -> list[str]:
     return [LABELS, FEAT_IDX, FEAT_VAL] if backbone_input(backbone) == "sparse" else [LABELS, TEXT]
 
 
-def exact_epoch(cfg: RunConfig, num_train: int, rank: int, world: int, epoch: int, drop_last: bool
-                ) -> Iterator[pa.Table]:
-    """This rank's batches of one epoch under `data_order: exact`: a function of (seed, epoch, rank, world)
-    alone (`xlc.data.iter_tables`: batch i of the epoch's seeded shuffle goes to rank i % world), cut to whole
-    rounds so every rank takes as many steps. A run resumed at batch j of an epoch skips the same j batches."""
-    batch_size = cfg.train.batch_size
-    full, rest = divmod(num_train, batch_size)
-    per_rank = (full + (rest > 0 and not drop_last)) // world
-    tables = xdata.iter_tables(cfg.data, "train", batch_size, rank=rank, world=world,
-                               columns=train_columns(cfg.backbone.name), shuffle_seed=cfg.train.seed + epoch)
-    return islice(tables, per_rank)
+def exact_epoch(cfg: RunConfig, rank: int, world: int, epoch: int, drop_last: bool) -> Iterator[pa.Table]:
+    """This rank's batches of one epoch under `data_order: exact`, a function of (seed, epoch, rank, world)
+    alone: the epoch's seeded shuffle (`xlc.data.iter_tables`) cut into rounds of `world` batches, batch r of
+    each round to rank r; a last, partial round is split evenly (its rows differ by at most one between ranks;
+    dropped with `drop_last`), so every rank takes as many steps and each step's global batch is about `world`
+    x `len(batch)` rows. A run resumed at batch j of an epoch skips the same j batches."""
+    tables = xdata.iter_tables(cfg.data, "train", cfg.train.batch_size, columns=train_columns(cfg.backbone.name),
+                               shuffle_seed=cfg.train.seed + epoch)
+    round_: list[pa.Table] = []
+    for table in tables:
+        round_.append(table)
+        if len(round_) == world and table.num_rows == cfg.train.batch_size:
+            yield round_[rank]
+            round_ = []
+    rows = sum(t.num_rows for t in round_)
+    if round_ and not drop_last and rows >= world:  # every rank needs a row: each step runs collectives
+        last = pa.concat_tables(round_)
+        yield last.slice(rank * rows // world, (rank + 1) * rows // world - rank * rows // world)
 
 
 def reported(metrics: dict) -> dict:

@@ -40,7 +40,7 @@ class LocalRuntime:
         barrier()  # every rank has read the index before any rank writes a checkpoint
 
     def epoch_tables(self, epoch: int, drop_last: bool):
-        return exact_epoch(self.cfg, self.meta.num_train, self.rank, self.world, epoch, drop_last)
+        return exact_epoch(self.cfg, self.rank, self.world, epoch, drop_last)
 
     @contextmanager
     def restored(self) -> Iterator[Path | None]:

@@ -19,7 +19,6 @@ import ray.train
 import torch
 
 from xlc import config as xconfig
-from xlc import data as xdata
 from xlc.config import RunConfig
 from xlc.tracking import RunLogger
 from xlc.train import checkpoint as ckpt
@@ -43,8 +42,7 @@ class RayRuntime:
 
     def epoch_tables(self, epoch: int, drop_last: bool):
         if self._shard is None:  # data_order exact
-            return exact_epoch(self.cfg, xdata.read_meta(self.cfg.data).num_train, self.rank, self.world, epoch,
-                               drop_last)
+            return exact_epoch(self.cfg, self.rank, self.world, epoch, drop_last)
         # Ray Data's split is equal per worker, so every rank gets as many batches
         return stream.epoch_batches(self._shard, self.cfg.train.batch_size, seed=self.cfg.train.seed + epoch,
                                     drop_last=drop_last)
