@@ -87,3 +87,14 @@ def plot_time_to_accuracy(probes: dict[str, tuple[list[float], list[float]]], pa
     ax.set(xlabel="training seconds", ylabel="P@1 on the probe rows (%)", title="time to accuracy")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def plot_series(series: dict[str, Series], path: Path, *, ylabel: str, title: str, xlabel: str = "epoch",
+                log: bool = False) -> Path:
+    """One line per named series (x, y) on one axis."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log else "linear")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
