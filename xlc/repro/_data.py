@@ -25,7 +25,7 @@ def built(cache: Path, name: str, **options) -> Path:
     if (path / "meta.json").exists():
         return path
     cache.mkdir(parents=True, exist_ok=True)
-    args = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    args = [a for k, v in options.items() for a in ([f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)]))]
     done = subprocess.run([sys.executable, "-m", "data_tools.cli", "build", name, str(path), "--overwrite", *args],
                           capture_output=True, text=True, env=os.environ | {"NO_COLOR": "1", "TERM": "dumb"})
     if done.returncode:
@@ -67,4 +67,19 @@ def relabel(split: Split, new_ids: torch.Tensor) -> Split:
     return Split(split.x, y)
 
 
-__all__ = ["Split", "built", "dense_splits", "relabel"]
+
+
+
+def most_frequent(train: Split, test: Split, keep: int) -> tuple[Split, Split, int]:
+    """Single-label splits restricted to the `keep` labels with the most training rows, renumbered 0..keep-1 in
+    their original id order (test rows of other labels dropped)."""
+    counts = torch.bincount(train.y)
+    kept = torch.sort(torch.argsort(counts, descending=True, stable=True)[:keep]).values
+    new_ids = torch.full((len(counts) + 1,), -1, dtype=torch.long)
+    new_ids[kept] = torch.arange(len(kept))
+    out = []
+    for split in (train, test):
+        y = new_ids[split.y.clamp(max=len(counts))]
+        out.append(Split(split.x[y >= 0], y[y >= 0]))
+    return out[0], out[1], len(kept)
+__all__ = ["Split", "built", "dense_splits", "most_frequent", "relabel"]
