@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from xlc.eval.metrics import RankingMetrics
+from xlc.heads import build_head
 
 SIZES = ("tiny", "default")
 
@@ -106,6 +107,20 @@ def train_epoch(model: nn.Module, optimiser: torch.optim.Optimizer, x: torch.Ten
     return total / len(x)
 
 
+FIT = {"backbone": "mlp 512-256", "batch": 256, "optimiser": "adam 3e-3"}  # what `fit_and_score` trains
+
+
+def fit_and_score(s: Setting, name: str, options: dict, train, test, num_labels: int, epochs: int) -> dict[str, float]:
+    """Train an MLP (512-256) + head `name` for `epochs` on split `train` (`.x`, `.y`); P@1/P@5 on `test`."""
+    torch.manual_seed(s.seed)
+    model = Classifier(mlp(train.x.shape[1], 512, 256), build_head(name, num_labels, 256, **options))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = s.generator(2)
+    for _ in range(epochs):
+        train_epoch(model, opt, train.x, train.y, 256, gen)
+    return precision(model, test.x, test.y)
+
+
 def precision(model: Classifier, x: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
     """{'p@k': ...} of `model.topk` against truth y ([N] or [N, M] padded with -1)."""
     k = min(max(ks), model.head.num_labels)
@@ -115,4 +130,4 @@ def precision(model: Classifier, x: torch.Tensor, y: torch.Tensor, ks=(1, 5)) ->
     return {f"p@{k_}": out[f"p@{min(k_, k)}"] for k_ in ks}
 
 
-__all__ = ["SIZES", "Classifier", "Report", "Setting", "mlp", "precision", "train_epoch"]
+__all__ = ["FIT", "SIZES", "Classifier", "Report", "Setting", "fit_and_score", "mlp", "precision", "train_epoch"]

@@ -17,9 +17,10 @@ import torch
 
 from xlc.baselines.tree import cluster_unit_rows, pifa
 from xlc.heads import build_head
-from xlc.repro._common import Classifier, Report, Setting, mlp, precision, train_epoch
+from xlc.repro._common import FIT, Report, Setting, fit_and_score
 from xlc.repro._data import Split, built, dense_splits, most_frequent, relabel
 
+EPOCHS = {"tiny": 4, "default": 8}
 CLAIM = ("MHE Part 6 / README (LC vs LRD): random relabelling with an arbitrary decomposition matches label "
          "clustering once the backbone is strong enough.")
 
@@ -33,17 +34,6 @@ def orderings(train: Split, num_labels: int, block: int, seed: int) -> dict[str,
     clustered = torch.empty(num_labels, dtype=torch.long)
     clustered[by_cluster] = torch.arange(num_labels)
     return {"data": torch.arange(num_labels), "random": torch.randperm(num_labels, generator=g), "clustered": clustered}
-
-
-def fit(s: Setting, name: str, options: dict, train: Split, test: Split, num_labels: int) -> dict[str, float]:
-    torch.manual_seed(s.seed)
-    dim = train.x.shape[1]
-    model = Classifier(mlp(dim, 512, 256), build_head(name, num_labels, 256, **options))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = s.generator(2)
-    for _ in range(s.pick(4, 8)):
-        train_epoch(model, opt, train.x, train.y, 256, gen)
-    return precision(model, test.x, test.y)
 
 
 def run(s: Setting) -> Report:
@@ -65,12 +55,12 @@ def run(s: Setting) -> Report:
             for name, options in heads:
                 if name == "softmax" and ordering != "data":
                     continue  # a softmax does not see the ids' order
-                scores = fit(s, name, options, relabel(train, new_ids), relabel(test, new_ids), num_labels)
+                scores = fit_and_score(s, name, options, relabel(train, new_ids), relabel(test, new_ids), num_labels,
+                                       epochs=EPOCHS[s.size])
                 rows.append({"dataset": data_name, "labels": num_labels, "head": name,
                              "ordering": "any" if name == "softmax" else ordering, **scores})
     return Report(CLAIM, ["dataset", "labels", "head", "ordering", "p@1", "p@5"], rows,
-                  params={"features": dim, "backbone": "mlp 512-256", "epochs": s.pick(4, 8), "batch": 256,
-                          "optimiser": "adam 3e-3"},
+                  params={"features": dim, "epochs": EPOCHS[s.size], **FIT},
                   notes=["ICD-10-CM ids are the sorted codes, so 'data' order already groups codes of one chapter; "
                          "the synthetic generator numbers labels randomly, so there 'data' is a random order too.",
                          "MHP is single-label only (it warns on multi-label data), so the multi-label set has MHC alone."])
