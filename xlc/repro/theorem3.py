@@ -32,7 +32,7 @@ def numerical_rank(p: torch.Tensor) -> int:
 
 
 def run(s: Setting) -> Report:
-    n, epochs, lr = s.pick(20, 100), s.pick(300, 3000), 0.02
+    n, epochs, lr = s.pick(20, 100), s.pick(300, 6000), 0.02
     every = max(epochs // 50, 1)
     f = torch.randn(n, n, generator=s.generator())
     y = torch.arange(n)
