@@ -31,7 +31,8 @@ MIN_ROWS = 3  # training rows a full code needs to count as a sub-label
 def sub_labels(directory, train: Split, test: Split, max_supers: int) -> tuple[Split, Split, torch.Tensor]:
     """(train, test) on the kept full codes renumbered 0..S-1, and each one's 3-character category id [S]:
     codes with >= MIN_ROWS training rows, in categories holding >= 2 of them (the `max_supers` largest)."""
-    names, counts = xdata.label_names(directory), torch.bincount(train.y, minlength=len(xdata.label_names(directory)))
+    names = xdata.label_names(directory)
+    counts = torch.bincount(train.y, minlength=len(names))
     codes = [c for c in range(len(names)) if counts[c] >= MIN_ROWS]
     categories = sorted({names[c][:3] for c in codes})
     per = {cat: [c for c in codes if names[c][:3] == cat] for cat in categories}
