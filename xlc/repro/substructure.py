@@ -105,7 +105,7 @@ def run(s: Setting) -> Report:
                 xs.append(epoch)
                 ys.append(row[metric])
     rows.append({"merge": "input tf-idf (no training)", "epoch": "-", "super train acc": "-",
-                 "ari": cluster_ari(train.x, train.y, super_semantic, s.seed), "probe": raw["probe"]})
+                 **raw})
     figures = [plot_series(series, s.figures / f"{metric.replace(' ', '_')}.png", ylabel=metric,
                            title=f"{num_sub} full codes in {num_super} super-classes") for metric, series in curves.items()]
     return Report(CLAIM, ["merge", "epoch", "super train acc", "ari", "probe"], rows, figures,
