@@ -5,8 +5,8 @@ similar labels share a head-1 digit (label clustering, LC), train to about the s
 is strong enough. Here: MHP (2 heads, L1 x L2) and MHC (groups of L2) on ICD-10-CM (single-label, 3-character
 categories) and MHC on a synthetic multi-label set, with ids (a) as the dataset numbers them, (b) randomly
 permuted, (c) ordered by a balanced spherical k-means (FAISS) of PIFA label centroids into ceil(C / L2)
-clusters, so each digit / group block holds one cluster. A softmax head (order-invariant) is the reference. ICD-10-CM is cut to its most frequent categories (40 tiny, 200 default), so each
-has enough rows to learn from.
+clusters, so each digit / group block holds one cluster. A softmax head (order-invariant) is the reference.
+ICD-10-CM is cut to its most frequent categories (40 tiny, 200 default), so each has rows enough to learn from.
 """
 
 from __future__ import annotations

@@ -40,5 +40,6 @@ def run(s: Setting) -> Report:
     figure = plot_series(curves, s.figures / "p1_vs_rank.png", xlabel="rank G (mhp) / r (lowrank)", ylabel="test P@1",
                          title=f"ICD-10-CM, {num_labels} categories")
     return Report(CLAIM, ["head", "rank", "p@1", "p@5"], rows, [figure],
-                  params={"labels": num_labels, "train_rows": len(train.x), "features": train.x.shape[1], "ranks": ranks, "epochs": epochs, **FIT},
+                  params={"labels": num_labels, "train_rows": len(train.x), "features": train.x.shape[1], "ranks": ranks,
+                          "epochs": epochs, **FIT},
                   notes=["One seed, no tuning per head: differences of a point or two are within noise."])
