@@ -17,6 +17,7 @@ import torch
 
 from xlc.baselines.tree import cluster_unit_rows, pifa
 from xlc.heads import build_head
+from xlc.plots import plot_grouped_bars
 from xlc.repro._common import FIT, Report, Setting, fit_and_score
 from xlc.repro._data import Split, built, dense_splits, most_frequent, relabel
 
@@ -59,7 +60,12 @@ def run(s: Setting) -> Report:
                                        epochs=EPOCHS[s.size])
                 rows.append({"dataset": data_name, "labels": num_labels, "head": name,
                              "ordering": "any" if name == "softmax" else ordering, **scores})
-    return Report(CLAIM, ["dataset", "labels", "head", "ordering", "p@1", "p@5"], rows,
+    groups: dict[str, dict[str, float]] = {}
+    for row in rows:
+        groups.setdefault(f"{row['dataset']}\n{row['head']}", {})[row["ordering"]] = row["p@1"]
+    figure = plot_grouped_bars(groups, s.figures / "p1_by_ordering.png", ylabel="test P@1",
+                               title="label ids: data order, random, clustered")
+    return Report(CLAIM, ["dataset", "labels", "head", "ordering", "p@1", "p@5"], rows, [figure],
                   params={"features": dim, "epochs": EPOCHS[s.size], **FIT},
                   notes=["ICD-10-CM ids are the sorted codes, so 'data' order already groups codes of one chapter; "
                          "the synthetic generator numbers labels randomly, so there 'data' is a random order too.",
