@@ -169,6 +169,35 @@ def compare(
 
 
 @app.command()
+def repro(
+    name: str = typer.Argument(..., help="theorem3 | collapse | decomposition | rank | substructure"),
+    size: str = typer.Option("default", help="tiny (seconds, for tests) or default (minutes on 2 CPU cores)"),
+    seed: int = typer.Option(0, help="Seed of the data, the initialisation and the batch order"),
+    uri: Optional[str] = typer.Option(None, help="Tracking URI (default: the local store under ./xlc-runs/)"),
+    data_cache: str = typer.Option("xlc-runs/repro-data", help="Where the datasets it builds are kept"),
+    threads: int = typer.Option(1, help="torch threads (the matrices are small: more threads mostly spin)"),
+    as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
+) -> None:
+    """Re-run one of the seed papers' experiments on CPU; log its table and figures to MLflow `repro-NAME`."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from xlc.repro import run as run_repro
+
+    if as_json:
+        progress.quiet()
+    run_id, report = run_repro(name, size, seed, uri, Path(data_cache), threads)
+    table = Table(title=f"repro {name} ({size}, seed {seed}): run {run_id}", caption=report.claim)
+    for column in report.columns:
+        table.add_column(column, justify="left" if column == report.columns[0] else "right")
+    for row in report.rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in (row.get(c, "") for c in report.columns)))
+    Console(stderr=as_json).print(table)
+    if as_json:
+        print(json.dumps({"run_id": run_id, "experiment": f"repro-{name}", **report.to_dict()}))
+
+
+@app.command()
 def ui(
     port: int = typer.Option(5000, help="Port on 127.0.0.1"),
     uri: Optional[str] = typer.Option(None, help="Tracking URI (default: the local store under ./xlc-runs/)"),

@@ -87,3 +87,28 @@ def plot_time_to_accuracy(probes: dict[str, tuple[list[float], list[float]]], pa
     ax.set(xlabel="training seconds", ylabel="P@1 on the probe rows (%)", title="time to accuracy")
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def plot_series(series: dict[str, Series], path: Path, *, ylabel: str, title: str, xlabel: str = "epoch",
+                log: bool = False) -> Path:
+    """One line per named series (x, y) on one axis."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if log else "linear")
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_grouped_bars(groups: dict[str, dict[str, float]], path: Path, *, ylabel: str, title: str) -> Path:
+    """One cluster of bars per group (x axis), one bar per series name inside it (the legend)."""
+    names = list(dict.fromkeys(n for bars in groups.values() for n in bars))
+    width = 0.8 / max(len(names), 1)
+    fig, ax = plt.subplots(figsize=(max(7, 1.5 * len(groups)), 4))
+    for i, name in enumerate(names):
+        xs = [g for g, bars in enumerate(groups.values()) if name in bars]
+        ax.bar([x + i * width for x in xs], [bars[name] for bars in groups.values() if name in bars], width, label=name)
+    ax.set_xticks([g + width * (len(names) - 1) / 2 for g in range(len(groups))], list(groups), fontsize="small")
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize="small")
+    return _save(fig, path)

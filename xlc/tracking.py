@@ -231,6 +231,9 @@ class RunLogger:
     def dict(self, value: dict, file_name: str) -> None:
         self.client.log_dict(self.run_id, value, file_name)
 
+    def text(self, value: str, file_name: str) -> None:
+        self.client.log_text(self.run_id, value, file_name)
+
 
 def _metric_key(name: str) -> str:
     # MLflow keys allow [A-Za-z0-9_-./ ]; '@' is kept out of stored names (p@1 -> p_at_1) and mapped back on read.
