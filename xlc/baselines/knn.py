@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from xlc import data as xdata
-from xlc.baselines._dataset import ranking_metrics, read_split, truth
+from xlc.baselines.split import ranking_metrics, read_split, truth
 from xlc.baselines._faiss import as_f32, make_index
 from xlc.baselines.tree import count_sketch, label_matrix
 from xlc.errors import ConfigError

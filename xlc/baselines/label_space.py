@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from xlc import data as xdata
-from xlc.baselines._dataset import read_split
+from xlc.baselines.split import read_split
 from xlc.baselines.tree import cluster_unit_rows, pifa
 from xlc.heads import TrainingSplit
 from xlc.progress import progress

@@ -1,7 +1,7 @@
 """The peer XMC libraries as `xlc compare` baselines: napkinXC (PLT, BR, OVR) and PECOS XR-Linear.
 
 Each fits on a dataset directory's training split and is scored on its test split by the metrics knn
-reports (`_dataset.ranking_metrics`). Features reach the libraries as a scipy CSR matrix read straight from
+reports (`split.ranking_metrics`). Features reach the libraries as a scipy CSR matrix read straight from
 Parquet, never densified, with rows L2-normalised: tf-idf rows of unit length are what both libraries'
 papers and defaults assume (napkinXC's own `norm=True` then changes nothing). Labels go in as lists of ids
 (napkinXC) or a float32 0/1 CSR [N, L] (PECOS). PECOS's XR-Transformer, which fine-tunes a text encoder,
@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.preprocessing import normalize
 
-from xlc.baselines._dataset import ranking_metrics, read_split, truth
+from xlc.baselines.split import ranking_metrics, read_split, truth
 from xlc.errors import ConfigError
 
 # baseline -> (import name, PyPI distribution)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from xlc import data as xdata
-from xlc.baselines._dataset import read_split, truth
+from xlc.baselines.split import read_split, truth
 from xlc.baselines.tree import count_sketch
 from xlc.errors import DataError
 
