@@ -35,7 +35,7 @@ def test_theorem3_rank1_fits_under_ce_with_bias_only(tmp_path, capsys, cache):
     row = {(r["variant"], r["r"]): r for r in out["rows"]}
     n = out["params"]["N"]
     ce_bias, no_bias, mse = row["CE + bias", 1], row["CE, no bias", 1], row["MSE + bias", 1]
-    assert ce_bias["train acc"] >= 0.75 and mse["train acc"] <= 0.3
+    assert ce_bias["train acc"] >= 0.8 and mse["train acc"] <= 0.15  # tiny, seeded: 0.85 and 0.10 (= 2/N)
     assert no_bias["train acc"] <= 2 / n + 1e-6  # z_c = a_c s: only the largest and smallest a_c can win
     assert ce_bias["rank softmax(O)"] > 2 * mse["rank softmax(O)"]
     assert row["CE + bias", 2]["train acc"] == 1.0

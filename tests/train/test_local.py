@@ -142,7 +142,8 @@ def test_zero3_bf16_run_evaluates_offline_from_its_partitions(tmp_path, dataset)
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     offline = json.loads(proc.stdout.strip().splitlines()[-1])["metrics"]
-    assert trained["p@1"] > 0.3 and abs(offline["p@1"] - trained["p@1"]) < 0.02
+    # 50 separable labels (chance 0.02): the run reaches 1.0, and fp32 weights from the partitions score the same
+    assert trained["p@1"] >= 0.95 and abs(offline["p@1"] - trained["p@1"]) <= 0.01
 
 
 def _runs_named(tmp_path: Path, name: str) -> list:
