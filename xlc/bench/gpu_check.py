@@ -223,9 +223,13 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(cmd, 124, out, err + f"\ntimed out after {timeout:.0f} s")
 
 
-def _tail(text: str) -> str:
+def _tail_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else "").replace("|", "/")[:200]
+    return lines[-1] if lines else ""
+
+
+def _tail(text: str) -> str:
+    return _tail_line(text).replace("|", "/")[:200]
 
 
 def zero_skip_reason() -> str | None:
@@ -266,8 +270,13 @@ def run_zero(plan: Plan, stages: list[int], work: Path, deadline: float) -> list
         start = time.monotonic()
         timeout = min(plan.zero_timeout_s, left / (len(stages) - i))
         done = _run([sys.executable, "-m", "xlc.cli", "train", str(path), "--local", "--json"], timeout)
-        result = _tail(done.stdout) if done.returncode == 0 else _tail(done.stderr) or _tail(done.stdout)
-        rows.append({"stage": stage, "rc": done.returncode, "wall_s": time.monotonic() - start, "result": result})
+        row = {"stage": stage, "rc": done.returncode, "wall_s": time.monotonic() - start,
+               "result": _tail(done.stderr) or _tail(done.stdout)}
+        if done.returncode == 0:
+            metrics = json.loads(_tail_line(done.stdout))["metrics"]
+            row["result"] = (f"{metrics['samples_per_second']:,.0f} samples/s, peak {_gib(metrics['peak_memory_bytes'])} GiB, "
+                             f"P@1 {100 * metrics['p@1']:.2f}")
+        rows.append(row)
         print(f"ZeRO {stage}: rc {done.returncode}", file=sys.stderr, flush=True)
     return rows
 
@@ -369,7 +378,7 @@ def report(plan: Plan, mode: str, env: dict, tflops: float, heads: list[dict], p
     else:
         lines += [f"`xlc train <config> --local --json`, synthetic {plan.zero_labels:,} labels, `mlp` {plan.zero_hidden}-d, "
                   f"`chunked_softmax`, batch {plan.zero_batch}, max {plan.zero_steps} steps.", "",
-                  "| ZeRO stage | exit status | wall (s) | last line |", "|---:|---:|---:|---|"]
+                  "| ZeRO stage | exit status | wall (s) | result (the JSON's samples/s, peak memory, P@1; else the last line) |", "|---:|---:|---:|---|"]
         for z in zero:
             wall = "" if z["wall_s"] is None else f"{z['wall_s']:.1f}"
             lines.append(f"| {z['stage']} | {z['rc']} | {wall} | {z['result']} |")
@@ -402,10 +411,21 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(plan.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny matmuls: more threads only contend on a shared machine
+    out, env = Path(args.out), environment(device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(heads: list[dict], peers: list[dict], zero: list[dict] | str) -> None:
+        """The report so far: rewritten after each section, so a check stopped at its time limit keeps it."""
+        partial = out.with_name(f".{out.name}.partial")
+        partial.write_text(report(plan, mode, env, tflops, heads, peers, zero))
+        partial.replace(out)
+
     tflops = matmul_tflops(plan, device)
     print(f"matmul: {tflops:.3g} TFLOP/s", file=sys.stderr, flush=True)
     heads = bench_heads(plan, device, started + plan.heads_until_s)
+    write(heads, [], "not run yet")
     peers = bench_peers(plan, device, started + plan.heads_until_s)
+    write(heads, peers, "not run yet")
     stages = [int(s) for s in args.zero_stages.split(",") if s]
     zero: list[dict] | str = "no stages asked for (--zero-stages '')" if not stages else zero_skip_reason() or []
     if not isinstance(zero, str):
@@ -414,10 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             zero = run_zero(plan, stages, work, started + plan.total_s)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    text = report(plan, mode, environment(device), tflops, heads, peers, zero)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(f"report: {args.out} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+    write(heads, peers, zero)
+    print(f"report: {out} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
     return 0
 
 
