@@ -8,6 +8,8 @@ References (z = x W^T + b, S = the row's distinct labels):
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -255,3 +257,53 @@ def test_gathered_dot_matches_the_gather_in_float64_with_repeated_indices():
         z = _GatheredDot.apply(table, x, index, rows, chunk)
         assert_close(z, (table[index] * x[rows]).sum(1))
         assert torch.autograd.gradcheck(lambda t, y: _GatheredDot.apply(t, y, index, rows, chunk), (table, x))
+
+
+needs_compiler = pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on the CPU needs a C++ compiler"
+)
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind,targets,red", CASES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_passes_match_full_reference(monkeypatch, kind, targets, red, bias):
+    """The compiled per-chunk passes (`xlc.heads._fused`, on by default on CUDA), forced on the CPU."""
+    x, w, b = _inputs(bias=bias)
+    for chunk in (4, C + 5, 3):
+        monkeypatch.setenv("XLC_FUSED_CHUNKS", "1")
+        fn, ref = _pair(kind, targets, red, chunk)
+        for got, want in zip(_grads(fn, x, w, b), _grads(ref, x, w, b)):
+            if want is not None:
+                assert_close(got, want)
+    shard, _ = _pair(kind, targets, red, chunk=4, offset=2)  # labels [2, 2 + C) of a sharded head
+    fused = _grads(shard, x, w, b)
+    monkeypatch.setenv("XLC_FUSED_CHUNKS", "0")
+    for got, want in zip(fused, _grads(shard, x, w, b)):
+        if want is not None:
+            assert_close(got, want)
+
+
+@needs_compiler
+def test_fused_bfloat16_matches_the_eager_path(monkeypatch):
+    x, w, b = (t.float() for t in _inputs(batch=8, labels=300, dim=16))
+    targets = torch.arange(8) * 37
+    runs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("XLC_FUSED_CHUNKS", mode)
+        runs[mode] = _grads(lambda x, w, b: chunked_cross_entropy(x.bfloat16(), w, b, targets, chunk=64), x, w, b)
+    for fused, eager in zip(runs["1"], runs["0"]):
+        assert fused.dtype == eager.dtype
+        assert_close(fused, eager, atol=2e-3, rtol=1e-2)
+
+
+def test_fused_switch(monkeypatch):
+    from xlc.heads import _fused
+
+    cpu = torch.zeros(1)
+    assert not _fused.enabled(cpu, linear=True)  # auto: CUDA only
+    monkeypatch.setenv("XLC_FUSED_CHUNKS", "1")
+    assert _fused.enabled(cpu, linear=True) and not _fused.enabled(cpu, linear=False)
+    monkeypatch.setenv("XLC_FUSED_CHUNKS", "yes")
+    with pytest.raises(ValueError, match="XLC_FUSED_CHUNKS='yes'"):
+        _fused.enabled(cpu, linear=True)
