@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 
 from xlc.eval import NCAccumulator
-from xlc.heads import HEADS, build_head
+from xlc.heads import build_head
+from xlc.heads.scored import classifier_rows, scored_view
 from xlc.plots import plot_series
 from xlc.repro._common import Classifier, Report, Setting, mlp, train_epoch
 
@@ -31,14 +32,11 @@ def gaussian_mixture(classes: int, per_class: int, dim: int, g: torch.Generator)
 @torch.no_grad()
 def nc_metrics(model: Classifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """NC metrics of the features the classifier acts on, against its weights when it has one C x d matrix."""
-    h, head = model.features(x), model.head
-    weight = bias = None
-    if isinstance(head, HEADS["etf"]):
-        head.eval()
-        h, weight = head.embed(h), head.etf.T
-        head.train()
-    elif isinstance(head, HEADS["softmax"]):
-        weight, bias = head.weight, head.bias
+    head = model.head
+    head.eval()  # the ETF's BatchNorm in inference form, as at test time
+    h = scored_view(head, model.features(x))
+    head.train()
+    weight, bias = classifier_rows(head, head.num_labels) or (None, None)
     acc = NCAccumulator(head.num_labels, h.shape[1])
     acc.update(h, y)
     out = acc.compute(weight, bias)

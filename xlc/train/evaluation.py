@@ -17,6 +17,7 @@ from xlc.data.schema import DatasetMeta
 from xlc.eval.collapse import NCAccumulator
 from xlc.eval.metrics import RankingMetrics
 from xlc.heads import ShardedHead
+from xlc.heads.scored import scored_view
 from xlc.progress import progress
 
 FREQ_EDGES = (0, 1, 2, 5, 10, 50, 100, 1000)  # training-count buckets: 0, 1, 2-4, 5-9, ..., 1000+
@@ -101,28 +102,22 @@ def evaluate(data_dir: str, meta: DatasetMeta, model, head, device, *, ks, batch
     return {**metrics.compute(), **buckets.compute()}
 
 
-def classifier_rows(head: torch.nn.Module, num_labels: int) -> torch.Tensor | None:
-    """A linear classifier's rows [num_labels, in_dim] in float64 (a head whose state holds such a `weight`: NC2
-    and NC3 then compare them too), else None."""
-    weight = head.state_dict().get("weight")
-    if weight is None or tuple(weight.shape) != (num_labels, head.in_dim):
-        return None
-    return weight.detach().double().cpu()
-
-
-def collapse_metrics(data_dir: str, meta: DatasetMeta, model, in_dim: int, classifier: torch.Tensor | None, device,
+def collapse_metrics(data_dir: str, meta: DatasetMeta, model, head, classifier: tuple | None, device,
                      batch_size: int) -> dict[str, float]:
-    """NC1-NC3 on the training features (eval mode, float64 class sums all-reduced over ranks), with the
-    head's `classifier_rows` when it has them."""
+    """NC1-NC4 on the training features that `head`'s classifier scores (`xlc.heads.scored`; eval mode,
+    float64 class sums all-reduced over ranks), with its (rows, bias) from `classifier_rows` when it has them."""
     rank, world = rank_and_world()
-    acc = NCAccumulator(meta.num_labels, in_dim)
+    acc = None
     model.eval()
     batches = xdata.iter_batches(data_dir, "train", batch_size, rank=rank, world=world)
     mine = math.ceil(math.ceil(meta.num_train / batch_size) / world)  # batch i goes to rank i % world
     with torch.no_grad(), progress(batches, desc="collapse metrics", total=mine, unit="batch") as bar:
         for batch in bar:
             batch = batch.to(device)
-            acc.update(model(batch).double().cpu(), batch.targets.cpu())
+            h = scored_view(head, model(batch)).double().cpu()  # [B, d']
+            acc = acc or NCAccumulator(meta.num_labels, h.shape[1])
+            acc.update(h, batch.targets.cpu())
     model.train()
     acc.load_state(all_reduce(acc.state().to(device)).cpu())
-    return {f"nc/{k}": v for k, v in acc.compute(classifier).items()}
+    weight, bias = classifier or (None, None)
+    return {f"nc/{k}": v for k, v in acc.compute(weight, bias).items()}

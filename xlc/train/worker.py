@@ -31,7 +31,8 @@ from xlc.heads import ShardedHead
 from xlc.train import checkpoint as ckpt
 from xlc.train import engine as xengine
 from xlc.train.checkpoint import Progress
-from xlc.train.evaluation import all_reduce, classifier_rows, collapse_metrics, evaluate, peak_memory_bytes
+from xlc.heads.scored import classifier_rows
+from xlc.train.evaluation import all_reduce, collapse_metrics, evaluate, peak_memory_bytes
 from xlc.train.model import build_model, parameter_count
 from xlc.train.schedule import lr_multiplier, total_steps
 from xlc.train.step import Step
@@ -133,8 +134,7 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         if cfg.eval.collapse:
             with xengine.gathered(head):  # ZeRO-3 partitions a replicated head's weights: whole ones for this read
                 classifier = classifier_rows(head, meta.num_labels)
-            out.update(collapse_metrics(cfg.data, meta, engine.module, head.in_dim, classifier, device,
-                                        cfg.train.batch_size))
+            out.update(collapse_metrics(cfg.data, meta, engine.module, head, classifier, device, cfg.train.batch_size))
         peak = all_reduce(torch.tensor(peak_memory_bytes(device), device=device), op=dist.ReduceOp.MAX)
         out.update(
             epoch=progress.epoch, step=progress.step, train_seconds=progress.train_seconds,
