@@ -143,9 +143,12 @@ def _catch(fn):
     return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
 
 
-def test_multi_label_product_loss_warns_once_naming_the_fitting_heads():
-    assert any("mhc" in m and "bce" in m for m in _catch(lambda: build_head("mhp", 20, 4, multi_label=True)))
-    for options in (dict(loss="bce"), dict(rank_form="cp")):  # multi-label-appropriate: silent
+def test_multi_label_defaults_to_bce_and_an_explicit_product_loss_warns_naming_the_fitting_heads():
+    assert build_head("mhp", 20, 4, multi_label=True).objective == "bce"  # the default on label sets
+    assert build_head("mhp", 20, 4, multi_label=False).objective == "ce"
+    assert build_head("mhp", 20, 4, multi_label=True, rank=2).objective == "ce"  # rank > 1 is ce only
+    assert any("mhc" in m and "bce" in m for m in _catch(lambda: build_head("mhp", 20, 4, multi_label=True, loss="ce")))
+    for options in (dict(), dict(loss="bce"), dict(rank_form="cp")):  # multi-label-appropriate: silent
         assert not _catch(lambda: build_head("mhp", 20, 4, multi_label=True, **options))
     head = build_head("mhp", 20, 4)  # not told: warns at the first batch with a row of >= 2 labels
     x = torch.randn(2, 4)

@@ -38,8 +38,10 @@ class MHPHead(nn.Module):
     "joint" = one log-softmax over the concatenated heads (ImageNet code), "bce" = sigmoid BCE over them
     (CIFAR code), "dr" (etf=True) = per-head fixed ETF on BN + L2-normalised per-head features, dot regression.
     Multi-label: one code per positive label, each term above per positive, PAL-reduced (`multi_label_loss`).
-    The per-positive product losses do not fit label sets: a UserWarning names mhc / bce (at construction
-    with multi_label=True, else at the first multi-label batch). topk is exact (mixture: beam + threshold
+    The per-positive product losses do not fit label sets, so with `multi_label=True` (training passes the
+    dataset's) and no `loss` given, rank 1 and the mixture form default to "bce"; an explicit "ce"/"joint"
+    there gets a UserWarning naming mhc / bce (at construction, or at the first multi-label batch when
+    `multi_label` was not given). topk is exact (mixture: beam + threshold
     search over codes < num_labels; cp: chunked scan). https://arxiv.org/abs/2412.10182
     """
 
@@ -60,7 +62,8 @@ class MHPHead(nn.Module):
         multi_label: bool | None = None,
     ):
         super().__init__()
-        loss = loss or ("dr" if etf else "ce")
+        if loss is None:  # on label sets the per-positive products do not fit; per-digit one-vs-all does better
+            loss = "dr" if etf else "bce" if multi_label and rank == 1 and rank_form == "mixture" else "ce"
         check_choice("loss", loss, LOSSES)
         check_choice("rank_form", rank_form, RANK_FORMS)
         if rank_form == "cp" and loss != "ce":
