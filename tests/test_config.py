@@ -43,7 +43,8 @@ def test_int_accepted_where_float_expected(tmp_path):
         (["train.epochs=three"], "train.epochs='three': expected int"),
         (["train.batch_size=0"], "train.batch_size=0: must be >= 1"),
         (["workers=true"], "workers=True: expected int"),
-        (["head.name=mhx"], "head.name='mhx': expected one of"),
+        (["head.name=mhx"], "head.name='mhx': expected auto or one of"),
+        (["head={num_heads: 2}"], "head.name=auto (the default) picks the head from the dataset and takes no options"),
         (["head.num_hedas=2", "head.name=mhp"], "head.num_hedas: not an option of head 'mhp'"),
         (["backbone.dropout=1.5"], "backbone.dropout=1.5: must be in [0, 1)"),
         (["eval.k=[]"], "eval.k=[]: must be a non-empty list"),
@@ -95,3 +96,8 @@ def test_a_config_that_is_no_yaml_text_is_named_in_one_line(tmp_path, make, mess
     with pytest.raises(ConfigError, match=rf"run.yaml: {message}") as err:
         load(tmp_path / "run.yaml")
     assert "\n" not in str(err.value)
+
+
+def test_the_head_defaults_to_auto(tmp_path):
+    raw = {k: v for k, v in BASE.items() if k != "head"}
+    assert load(write(tmp_path, raw)).head.name == "auto"

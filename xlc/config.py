@@ -33,9 +33,10 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
-    """`name` plus any options of that head's constructor (checked against its signature)."""
+    """`name` plus any options of that head's constructor (checked against its signature). `auto` (the
+    default) picks the head from the dataset when the run starts (`xlc.train.driver.default_head`)."""
 
-    name: str = "softmax"
+    name: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -278,8 +279,13 @@ def _check_components(cfg: RunConfig, errors: list[str]) -> None:
             if opt not in allowed:
                 errors.append(f"backbone.options.{opt}: not an option of backbone {cfg.backbone.name!r}; "
                               f"valid options: {', '.join(allowed) or '(none)'}")
+    if cfg.head.name == "auto":
+        if cfg.head.options:
+            errors.append(f"head.name=auto (the default) picks the head from the dataset and takes no options; name "
+                          f"the head to set {', '.join(sorted(cfg.head.options))}")
+        return
     if cfg.head.name not in HEADS:
-        errors.append(f"head.name={cfg.head.name!r}: expected one of {', '.join(sorted(HEADS))}")
+        errors.append(f"head.name={cfg.head.name!r}: expected auto or one of {', '.join(sorted(HEADS))}")
         return
     allowed = [o for o in head_options(cfg.head.name) if o != "process_group"]
     for opt in cfg.head.options:
@@ -292,7 +298,7 @@ def from_dict(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> RunConf
     head = raw.get("head")
     if isinstance(head, dict):  # the head section is flat in YAML: {name: mhp, num_heads: 2}
         head = dict(head)
-        raw["head"] = {"name": head.pop("name", "softmax"), "options": head}
+        raw["head"] = {"name": head.pop("name", "auto"), "options": head}
     errors: list[str] = []
     cfg = _build(RunConfig, raw, "", errors)
     if cfg is not None:

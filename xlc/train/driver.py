@@ -17,7 +17,7 @@ import pyarrow.fs as pafs
 
 from xlc import data as xdata
 from xlc.backbones import backbone_input
-from xlc.config import RUNS_DIR, RunConfig
+from xlc.config import RUNS_DIR, HeadConfig, RunConfig
 from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS, TEXT, DatasetMeta
 from xlc.errors import DataError
 from xlc.heads import fit_head_inputs, needs_training_split
@@ -40,8 +40,27 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetMeta]:
                               storage=dataclasses.replace(cfg.storage, path=_absolute(cfg.storage.path)))
     meta = xdata.read_meta(cfg.data)
     xdata.check_files(cfg.data)
+    if cfg.head.name == "auto":
+        cfg = dataclasses.replace(cfg, head=HeadConfig(name=default_head(meta, cfg.workers)))
     check_model(cfg, meta)
     return cfg, meta
+
+
+# From this many labels a replicated classifier is sharded over the workers (or, on one, scored in chunks).
+SHARD_FROM_LABELS = 100_000
+
+
+def default_head(meta: DatasetMeta, workers: int) -> str:
+    """The head of `head.name: auto`: one-vs-all `bce` on multi-label data (the best xlc head on the real
+    multi-label sets in docs/benchmarks.md: +3.4 P@1 over pick-all-label softmax on debian-depends), the
+    full softmax on single-label data; from `SHARD_FROM_LABELS` labels their sharded forms on several
+    workers and, for softmax on one, the same function in label chunks."""
+    large = meta.num_labels >= SHARD_FROM_LABELS
+    if meta.multi_label:
+        return "sharded_bce" if large and workers > 1 else "bce"
+    if large:
+        return "sharded_softmax" if workers > 1 else "chunked_softmax"
+    return "softmax"
 
 
 def storage_path(cfg: RunConfig) -> str:
