@@ -36,7 +36,9 @@ class MHPHead(nn.Module):
     softmax over the CP logit tensor z(y) = sum_g prod_h O_g^h[y_h], chunked over codes (`mhp_cp`).
     loss: "ce" = -log p(y) (G=1 mixture: per-head CE summed),
     "joint" = one log-softmax over the concatenated heads (ImageNet code), "bce" = sigmoid BCE over them
-    (CIFAR code), "dr" (etf=True) = per-head fixed ETF on BN + L2-normalised per-head features, dot regression.
+    (CIFAR code), "dr" (etf=True) = per-head fixed ETF on BN + L2-normalised per-head features, dot regression;
+    then one ETF per head (L_h vertices), not one over the labels, and topk ranks codes by
+    sum_h log_softmax(c_h)[y_h] on the per-head cosines c_h = h_h^T M_h, i.e. at temperature 1.
     Multi-label: one code per positive label, each term above per positive, PAL-reduced (`multi_label_loss`).
     The per-positive product losses do not fit label sets, so with `multi_label=True` (training passes the
     dataset's) and no `loss` given, rank 1 and the mixture form default to "bce"; an explicit "ce"/"joint"
