@@ -1,4 +1,5 @@
-"""Shared fixtures: `spawn_gloo` runs one test body on N gloo processes; `icd10cm_small` is a small real dataset.
+"""Shared fixtures: `spawn_gloo` runs one test body on N gloo processes; `icd10cm_small` is a small real dataset;
+`s3` an S3 server on 127.0.0.1 (moto).
 
 Helpers for test modules (`assert_close`, ...) live in tests/helpers.py; `assert_close` is re-exported here for
 modules that still import it from this conftest.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.helpers import assert_close, free_ports
+from tests.helpers import S3_ENV, S3Server, assert_close, free_ports, s3_server
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -71,6 +73,16 @@ def icd10cm_small(tmp_path_factory) -> Path:
     from data_tools.builders import icd10cm
 
     return icd10cm.build(str(tmp_path_factory.mktemp("data") / "icd10cm-small"), max_samples=7500)
+
+
+@pytest.fixture
+def s3(monkeypatch) -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1, started for this test and stopped after it whatever happens, with one empty
+    bucket; the credentials for it in the environment, so `xlc` subprocesses and the Ray they start inherit them."""
+    for key, value in S3_ENV.items():
+        monkeypatch.setenv(key, value)
+    with s3_server() as server:
+        yield server
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,6 +6,7 @@ Test modules never import each other or a conftest: what more than one module ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -144,3 +145,57 @@ def ray_head(num_cpus: int = 4) -> Iterator[dict]:
         stop_tree(root, temp_dir)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+# What pyarrow (and boto-style clients) need to talk to moto: any credentials pass; no instance-metadata lookups.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Server:
+    """moto's S3 API on 127.0.0.1:`port`, with one empty bucket, `bucket` (credentials: `S3_ENV` in the environment)."""
+
+    port: int
+    bucket: str = "xlc"
+
+    def uri(self, key: str) -> str:
+        """s3://BUCKET/KEY with the pyarrow query options that point at this server."""
+        return f"s3://{self.bucket}/{key}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
+
+    def location(self, key: str):
+        """`xlc.data.open_location(self.uri(key))`."""
+        from xlc.data import open_location
+
+        return open_location(self.uri(key))
+
+    def upload(self, local: Path, key: str) -> str:
+        """Copy the directory `local` to BUCKET/KEY; its URI."""
+        import pyarrow.fs as pafs
+
+        target = self.location(key)
+        pafs.copy_files(str(local), target.path, pafs.LocalFileSystem(), target.fs)
+        return self.uri(key)
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server (the real S3 REST API, in memory) on a free port of 127.0.0.1, in a thread of this process,
+    with an empty bucket; on exit, whatever happened, its state is reset and it is stopped."""
+    import pyarrow.fs as pafs
+    import requests
+    from moto.server import ThreadedMotoServer
+
+    (port,) = free_ports(1)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        s3 = S3Server(port)
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                          allow_bucket_creation=True).create_dir(s3.bucket)
+        yield s3
+    finally:
+        try:
+            requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10)  # moto's state is per process
+        finally:
+            server.stop()

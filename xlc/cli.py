@@ -109,7 +109,8 @@ def train(
 @app.command("eval")
 def evaluate(
     ref: str = typer.Argument(..., help="An MLflow run id or a checkpoint directory"),
-    data: Optional[str] = typer.Option(None, help="Dataset directory (default: the run's own)"),
+    data: Optional[str] = typer.Option(None, help="Dataset directory or pyarrow.fs URI such as s3://bucket/prefix "
+                                                  "(default: the run's own)"),
     uri: Optional[str] = typer.Option(None, help="Tracking URI (default: the local store under ./xlc-runs/)"),
     as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
 ) -> None:
@@ -123,10 +124,11 @@ def evaluate(
         check_answers(uri, "--uri", "a running MLflow tracking server, or no --uri for the local store")
     from xlc.train.offline import checkpoint_of, evaluate_checkpoint
 
-    directory = checkpoint_of(ref, uri)
-    if data is not None:
-        _check_same_shape(directory, data)
-    _print_result({"run_id": ref, "checkpoint": str(directory), "metrics": evaluate_checkpoint(directory, data)}, as_json)
+    with checkpoint_of(ref, uri) as directory:
+        if data is not None:
+            _check_same_shape(directory, data)
+        metrics = evaluate_checkpoint(directory, data)
+    _print_result({"run_id": ref, "checkpoint": str(directory), "metrics": metrics}, as_json)
 
 
 def _check_same_shape(checkpoint: Path, data: str) -> None:
@@ -135,13 +137,15 @@ def _check_same_shape(checkpoint: Path, data: str) -> None:
     from xlc.train.checkpoint import read_state
 
     own = read_state(checkpoint)["config"]["data"]
-    if not Path(own).is_dir():  # moved or deleted: nothing to compare with; loading the weights will tell
+    try:
+        trained = read_meta(own)
+    except XlcError:  # moved, deleted or out of reach: nothing to compare with; loading the weights will tell
         return
 
     def shape(meta) -> str:
         return f"{meta.num_labels} labels, {meta.num_features or 'no sparse'} features" + (", text" if meta.text else "")
 
-    given, trained = read_meta(data), read_meta(own)
+    given = read_meta(data)
     if shape(given) != shape(trained):
         raise DataError(f"--data {data}: {shape(given)}, but run was trained on {own} with {shape(trained)}; "
                         "evaluate on a dataset with the same labels and features")

@@ -27,6 +27,7 @@ import yaml
 from xlc import tracking
 from xlc.baselines import peers
 from xlc.config import RunConfig, apply_overrides, from_dict, read_yaml
+from xlc.data.location import absolute
 from xlc.errors import ConfigError
 from xlc.plots import plot_time_to_accuracy
 
@@ -161,7 +162,7 @@ def run_baseline(cfg: RunConfig, options: dict, uri: str) -> dict:
     if name in peers.OPTIONS:  # log the options in force (defaults included) and the library's version
         options = peers.check_options(name, options)
         extra = {"library": f"{peers.LIBRARIES[name][1]}=={peers.library_version(name)}"}
-    params = tracking.flatten({"baseline": name, "data": str(Path(cfg.data).resolve()), **extra, **options})
+    params = tracking.flatten({"baseline": name, "data": absolute(cfg.data), **extra, **options})
     run_id, resumed = tracking.start_run(uri, cfg.tracking.experiment, cfg.name, params, {"head": name},
                                          parent_run_id=cfg.tracking.parent, description=f"{name} baseline on {cfg.data}")
     if not resumed:

@@ -84,7 +84,9 @@ class TrackingConfig:
 
 @dataclass
 class StorageConfig:
-    path: str | None = None  # checkpoint storage (shared FS or s3:// on clusters); None: ./xlc-runs/checkpoints
+    # checkpoint storage: a path (shared by every node on a cluster) or a pyarrow.fs URI (s3://bucket/prefix;
+    # not with --local); None: ./xlc-runs/checkpoints
+    path: str | None = None
     keep: int = 2  # checkpoints kept per run
     max_failures: int = 0  # worker-group restarts Ray attempts from the last checkpoint
 
@@ -92,7 +94,7 @@ class StorageConfig:
 @dataclass
 class RunConfig:
     name: str  # run name: the MLflow run name and the resume key
-    data: str  # dataset directory (design.md §3)
+    data: str  # dataset directory (design.md §3): a path or a pyarrow.fs URI (s3://bucket/prefix)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -22,7 +22,7 @@ def _history(client, run_id: str, key: str) -> Series:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def log_run_report(uri: str, run_id: str, data_dir: str, checkpoint_dir: str | None) -> None:
+def log_run_report(uri: str, run_id: str, data_dir: str, checkpoint_dir: str | Path | None) -> None:
     """Make the plots of a finished run from its MLflow metric history and log them with the model."""
     client = tracking.client(uri)
     logger = tracking.RunLogger(uri, run_id)
@@ -36,7 +36,8 @@ def log_run_report(uri: str, run_id: str, data_dir: str, checkpoint_dir: str | N
             plot_buckets(latest, out / "frequency_buckets.png"),
             plot_collapse({k.removeprefix("nc/"): _history(client, run_id, k) for k in sorted(latest)
                            if k.startswith("nc/")}, out / "collapse.png"),
-            plot_label_frequency(xdata.label_counts(data_dir), out / "label_frequency.png", Path(data_dir).name),
+            plot_label_frequency(xdata.label_counts(data_dir), out / "label_frequency.png",
+                                 xdata.open_location(data_dir).name),
         ]
         for path in made:
             if path is not None:

@@ -33,6 +33,8 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from xlc.config import RUNS_DIR, RunConfig  # noqa: E402
+from xlc.data.location import absolute, open_location  # noqa: E402
+from xlc.data.schema import META_FILE  # noqa: E402
 MAX_PARAM_LENGTH = 6000
 
 
@@ -145,15 +147,18 @@ def start_run(uri: str, experiment: str, run_name: str, params: dict[str, str], 
 
 def log_dataset(uri: str, run_id: str, data_dir: str | Path, context: str = "training") -> None:
     """The dataset directory as the run's MLflow dataset input: name, digest (of meta.json and the Parquet files'
-    names and sizes), source (its absolute path) and a profile (rows, labels)."""
-    directory = Path(data_dir).resolve()
-    meta = json.loads((directory / "meta.json").read_text())
-    h = hashlib.sha256((directory / "meta.json").read_bytes())
-    for path in sorted(directory.rglob("*.parquet")):
-        h.update(f"{path.relative_to(directory)}:{path.stat().st_size}".encode())
+    names and sizes), source (its absolute path or its URI) and a profile (rows, labels)."""
+    directory = open_location(absolute(str(data_dir)))
+    raw = (directory / META_FILE).read_bytes()
+    meta = json.loads(raw)
+    h = hashlib.sha256(raw)
+    for name, size in sorted(directory.files().items()):
+        if name.endswith(".parquet"):
+            h.update(f"{name}:{size}".encode())
     profile = {k: meta.get(k) for k in ("num_train", "num_test", "num_labels", "num_features", "multi_label")}
-    dataset = Dataset(name=meta.get("name", directory.name), digest=h.hexdigest()[:16], source_type="local",
-                      source=json.dumps({"uri": str(directory)}), profile=json.dumps(profile))
+    dataset = Dataset(name=meta.get("name", directory.name), digest=h.hexdigest()[:16],
+                      source_type=directory.scheme or "local", source=json.dumps({"uri": str(directory)}),
+                      profile=json.dumps(profile))
     client(uri).log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 

@@ -20,7 +20,8 @@ from xlc.train.offline import checkpoint_of, load_checkpoint
 
 
 def run(ref: str, *, uri: str | None, k: int, queries: int, index: str, ef_search: int) -> dict:
-    model, head, _, data_dir = load_checkpoint(checkpoint_of(ref, uri))
+    with checkpoint_of(ref, uri) as directory:
+        model, head, _, data_dir = load_checkpoint(directory)
     weight = getattr(head, "weight", None)
     if weight is None or tuple(weight.shape) != (head.num_labels, head.in_dim):
         raise ConfigError(f"{ref}: ANN top-k needs a full linear classifier head (softmax family, bce, mhs); "

@@ -10,31 +10,32 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from xlc.data.collate import Batch, collate
+from xlc.data.location import Location, open_location
 from xlc.data.schema import LABELS, LABELS_FILE, LABELS_SCHEMA, SPLITS, read_meta, validate_table
 from xlc.errors import ConfigError, DataError
 
 
-def split_files(directory: str | Path, split: str) -> list[str]:
-    """Sorted Parquet files of `DIR/{split}/`; `DataError` if the split is missing or empty."""
+def split_files(directory: str | Path | Location, split: str) -> list[Location]:
+    """Sorted Parquet files of `DIR/{split}/` (DIR: a path or a `xlc.data.location` URI); `DataError` if the split is
+    missing or empty."""
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}: expected one of {', '.join(SPLITS)}")
-    folder = Path(directory) / split
-    files = sorted(str(p) for p in folder.glob("*.parquet"))
+    folder = open_location(directory) / split
+    files = [folder / name for name in sorted(folder.files()) if "/" not in name and name.endswith(".parquet")]
     if not files:
         raise DataError(f"{folder}: no *.parquet files; a dataset directory needs {'/'.join(SPLITS)} splits")
     return files
 
 
-def check_files(directory: str | Path) -> None:
+def check_files(directory: str | Path | Location) -> None:
     """Every Parquet file of a dataset directory (labels.parquet and both splits) has a readable footer: a
     truncated or half-copied file has none. Reads only the footers, so a launcher runs it before any worker
     starts; `DataError` with one line per unreadable file, naming it."""
-    root = Path(directory)
-    paths = [str(root / LABELS_FILE)] + [path for split in SPLITS for path in split_files(root, split)]
+    root = open_location(directory)
     problems = []
-    for path in paths:
+    for path in [root / LABELS_FILE] + [path for split in SPLITS for path in split_files(root, split)]:
         try:
-            pq.read_metadata(path)
+            pq.read_metadata(path.path, filesystem=path.fs)
         except (pa.ArrowInvalid, OSError) as e:
             problems.append(f"{path}: not a readable Parquet file ({e}); rebuild or copy the dataset again")
     if problems:
@@ -77,7 +78,7 @@ def _shuffled(pieces: Iterator[pa.RecordBatch], window: int, rng: np.random.Gene
 
 
 def iter_tables(
-    directory: str | Path,
+    directory: str | Path | Location,
     split: str,
     batch_size: int,
     *,
@@ -113,7 +114,7 @@ def iter_tables(
             try:
                 # pre_buffer (pyarrow's default) reads every column chunk of the file up front: the whole
                 # file in memory; off + a 1 MiB read buffer keeps memory at about one row group
-                reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
+                reader = pq.ParquetFile(path.path, filesystem=path.fs, pre_buffer=False, buffer_size=1 << 20)
             except (pa.ArrowInvalid, OSError) as e:
                 raise DataError(f"{path}: not a readable Parquet file ({e})") from None
             missing = [c for c in columns or () if c not in reader.schema_arrow.names]
@@ -132,7 +133,7 @@ def iter_tables(
             yield table
 
 
-def iter_batches(directory: str | Path, split: str, batch_size: int, **stream) -> Iterator[Batch]:
+def iter_batches(directory: str | Path | Location, split: str, batch_size: int, **stream) -> Iterator[Batch]:
     """`iter_tables` collated into torch `Batch`es (targets padded per `meta.json`'s multi_label); `stream`
     takes iter_tables' keyword options: rank, world, columns, shuffle_seed, shuffle_window."""
     multi_label = read_meta(directory).multi_label
@@ -140,11 +141,11 @@ def iter_batches(directory: str | Path, split: str, batch_size: int, **stream) -
         yield collate(table, multi_label)
 
 
-def _labels_table(directory: str | Path) -> pa.Table:
-    path = Path(directory) / LABELS_FILE
-    if not path.is_file():
+def _labels_table(directory: str | Path | Location) -> pa.Table:
+    path = open_location(directory) / LABELS_FILE
+    if not path.exists():
         raise DataError(f"{path}: not found; a dataset directory needs labels.parquet")
-    table = pq.read_table(path)
+    table = pq.read_table(path.path, filesystem=path.fs)
     for f in LABELS_SCHEMA:
         if f.name not in table.schema.names or table.schema.field(f.name).type != f.type:
             raise DataError(f"{path}: expected column {f.name!r} of type {f.type}; schema is {table.schema}")
@@ -155,11 +156,11 @@ def _labels_table(directory: str | Path) -> pa.Table:
     return table.take(np.argsort(ids, kind="stable"))
 
 
-def label_counts(directory: str | Path) -> np.ndarray:
+def label_counts(directory: str | Path | Location) -> np.ndarray:
     """int64 [num_labels]: how many training rows carry each label (labels.parquet train_count)."""
     return _labels_table(directory).column("train_count").to_numpy().astype(np.int64)
 
 
-def label_names(directory: str | Path) -> list[str]:
+def label_names(directory: str | Path | Location) -> list[str]:
     """Label strings indexed by label id."""
     return _labels_table(directory).column("name").to_pylist()

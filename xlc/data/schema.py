@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from xlc.data.location import Location, open_location
 from xlc.errors import DataError
 
 META_FILE = "meta.json"
@@ -77,10 +78,11 @@ class DatasetMeta:
 _REQUIRED = ("name", "num_labels", "multi_label")
 
 
-def read_meta(directory: str | Path) -> DatasetMeta:
-    """Read and check `DIR/meta.json`; a missing file, missing key or wrong type raises `DataError`."""
-    path = Path(directory) / META_FILE
-    if not path.is_file():
+def read_meta(directory: str | Path | Location) -> DatasetMeta:
+    """Read and check `DIR/meta.json` (DIR: a path or a `xlc.data.location` URI); a missing file, missing key or
+    wrong type raises `DataError`."""
+    path = open_location(directory) / META_FILE
+    if not path.exists():
         raise DataError(f"{path}: not found; a dataset directory needs meta.json (build one with `xlc data build`)")
     try:
         raw = json.loads(path.read_text())

@@ -9,7 +9,9 @@ Layout of one checkpoint directory (each rank writes its own files; Ray merges t
     state.json              `Progress`, world size, the run config, how many manifests to expect (rank 0)
     manifest_{r}.json       sha256 + size of every file rank r wrote
 A checkpoint verifies when manifest_0 and every manifest state.json counts are there and every file they
-list has its size and checksum; a resume takes the newest checkpoint of the run directory that verifies.
+list has its size and checksum; a resume takes the newest checkpoint of the run directory that verifies. A run
+directory is a local path or any `xlc.data.location` URI (s3://...): listing, verification and pruning go
+through pyarrow.fs, and only the checkpoint a resume takes is downloaded (`fetch_newest`).
 A `xlc.heads.ShardedHead` names its label-dimension state entries in `label_sharded`; on load the rows of
 the new range [start, end) are cut from whichever saved shards cover them, so a run saved on 2
 workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True` (DeepSpeed's too:
@@ -26,13 +28,15 @@ import os
 import pickle
 import shutil
 import sys
+import tempfile
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from xlc.data.location import Location, open_location
 from xlc.errors import DataError
 from xlc.heads import ShardedHead
 
@@ -56,9 +60,10 @@ class Progress:
         return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: str | Path | Location) -> str:
+    path = open_location(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.fs.open_input_stream(path.path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -90,37 +95,39 @@ def load_file(path: str | Path, map_location="cpu", allowed: Sequence[Any] = ())
                         f"({reason.strip().rstrip('.')})") from None
 
 
-def write_manifest(directory: Path, rank: int, files: list[Path]) -> None:
-    """Record sha256 and size of `files` (relative to `directory`) as manifest_{rank}.json."""
+def write_manifest(directory: str | os.PathLike, rank: int, files: Sequence[str | os.PathLike]) -> None:
+    """Record sha256 and size of `files` (local, relative to the local `directory`) as manifest_{rank}.json."""
+    directory, files = Path(directory), [Path(f) for f in files]
     entries = {str(f.relative_to(directory)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in files}
     _atomic_write_bytes(directory / f"manifest_{rank}.json", json.dumps(entries, indent=1, sort_keys=True).encode())
 
 
-def verify(directory: str | Path) -> list[str]:
-    """Problems found in a checkpoint directory: a missing manifest (rank 0's, or of any of the ranks state.json
-    counts), missing, truncated or altered files."""
-    directory = Path(directory)
-    manifests = sorted(directory.glob("manifest_*.json"))
-    if not (directory / "manifest_0.json").is_file():
+def verify(directory: str | Path | Location, checksums: bool = True) -> list[str]:
+    """Problems found in a checkpoint directory, local or on an object store: a missing manifest (rank 0's, or of
+    any of the ranks state.json counts), missing or truncated files, and with `checksums` altered ones (which
+    reads every byte: on an object store, a download; without it, one listing and the manifests)."""
+    directory = open_location(directory)
+    sizes = directory.files()
+    if "manifest_0.json" not in sizes:
         return [f"{directory}: no manifest_0.json (checkpoint incomplete)"]
     problems = []
-    for manifest in manifests:
+    for manifest in sorted(n for n in sizes if "/" not in n and n.startswith("manifest_") and n.endswith(".json")):
         try:
-            entries = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            problems.append(f"{manifest}: unreadable ({e})")
+            entries = json.loads((directory / manifest).read_text())
+        except (DataError, json.JSONDecodeError) as e:
+            problems.append(f"{directory / manifest}: unreadable ({e})")
             continue
         for name, want in entries.items():
             path = directory / name
-            if not path.is_file():
+            if name not in sizes:
                 problems.append(f"{path}: missing")
-            elif path.stat().st_size != want["bytes"]:
-                problems.append(f"{path}: {path.stat().st_size} bytes, expected {want['bytes']} (truncated)")
-            elif _sha256(path) != want["sha256"]:
+            elif sizes[name] != want["bytes"]:
+                problems.append(f"{path}: {sizes[name]} bytes, expected {want['bytes']} (truncated)")
+            elif checksums and _sha256(path) != want["sha256"]:
                 problems.append(f"{path}: checksum mismatch")
-    if not problems and (directory / STATE_FILE).is_file():  # verified above when rank 0 listed it
+    if not problems and STATE_FILE in sizes:  # verified above when rank 0 listed it
         for rank in range(read_state(directory).get("manifests", 1)):
-            if not (directory / f"manifest_{rank}.json").is_file():
+            if f"manifest_{rank}.json" not in sizes:
                 problems.append(f"{directory}: no manifest_{rank}.json (rank {rank} did not finish writing)")
     return problems
 
@@ -142,8 +149,8 @@ def write_state(directory: Path, state: dict) -> Path:
     return path
 
 
-def read_state(directory: str | Path) -> dict:
-    return json.loads((Path(directory) / STATE_FILE).read_text())
+def read_state(directory: str | Path | Location) -> dict:
+    return json.loads((open_location(directory) / STATE_FILE).read_text())
 
 
 def save_head_inputs(directory: Path, inputs: dict) -> Path:
@@ -252,50 +259,85 @@ def export_weights(directory: str | Path, out: str | Path) -> Path:
     return out
 
 
-def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
+def checkpoint_dirs(run_dir: str | Path | Location) -> list[Location]:
     """The checkpoint_* directories of a run, oldest first: Ray names them by timestamp and `--local` by a
     counter, so the names sort by age."""
-    return sorted(p for p in Path(run_dir).glob(f"{PREFIX}*") if p.is_dir())
+    run_dir = open_location(run_dir)
+    return [run_dir / name for name in run_dir.dirs() if name.startswith(PREFIX)]
 
 
-def _newest_verified(directories: list[Path]) -> Path | None:
-    """The last of `directories` (oldest first) that verifies, with a warning for each newer one that does not
-    (none when no directory verifies: the caller says so)."""
+Found = TypeVar("Found")
+
+
+def _newest_verified(candidates: list[Location], check: Callable[[Location], tuple[Found, list[str]]],
+                     run_dir: Location | None = None) -> Found | None:
+    """What check(c) -> (found, problems) finds for the last of `candidates` (oldest first) with no problems, with
+    a warning for each newer one that has some. None when there are no candidates, or when every one has problems
+    and no `run_dir` is given; with one, that is a `DataError` naming it and the newest candidate's first problem."""
     skipped = []
-    for directory in reversed(directories):
-        problems = verify(directory)
+    for candidate in reversed(candidates):
+        found, problems = check(candidate)
         if not problems:
-            for corrupt, found in skipped:
-                warnings.warn(f"checkpoint {corrupt} is corrupt ({'; '.join(found[:3])}); resuming from {directory}",
+            for corrupt, why in skipped:
+                warnings.warn(f"checkpoint {corrupt} is corrupt ({'; '.join(why[:3])}); resuming from {candidate}",
                               stacklevel=3)
-            return directory
-        skipped.append((directory, problems))
+            return found
+        skipped.append((candidate, problems))
+    if skipped and run_dir is not None:
+        raise DataError(f"all {len(skipped)} checkpoints under {run_dir} fail verification: {skipped[0][1][0]}")
     return None
 
 
+def _in_place(candidate: Location) -> tuple[Location, list[str]]:
+    """A candidate checked where it is: with checksums on the local filesystem, by listing on an object store."""
+    return candidate, verify(candidate, checksums=candidate.is_local)
+
+
 def latest_valid(candidate: str | Path) -> Path | None:
-    """`candidate` if it verifies; else the newest older sibling checkpoint_* that does; else None."""
+    """`candidate` (a local directory) if it verifies; else the newest older sibling checkpoint_* that does; else
+    None."""
     candidate = Path(candidate)
     older = [p for p in checkpoint_dirs(candidate.parent) if p.name < candidate.name]
-    return _newest_verified([*older, candidate])
+    found = _newest_verified([*older, open_location(candidate)], _in_place)
+    return Path(found) if found is not None else None
 
 
-def newest_valid(run_dir: str | Path) -> Path | None:
+def newest_valid(run_dir: str | Path | Location) -> Location | None:
     """The newest checkpoint under `run_dir` that verifies (warning about each newer one that does not), None
-    when the run has none; `DataError` when it has checkpoints and every one fails verification."""
-    directories = checkpoint_dirs(run_dir)
-    found = _newest_verified(directories)
-    if directories and found is None:
-        first = verify(directories[-1])[0]
-        raise DataError(f"all {len(directories)} checkpoints under {run_dir} fail verification: {first}")
-    return found
+    when the run has none; `DataError` when it has checkpoints and every one fails verification. On an object
+    store without checksums, which would read every byte: `fetch_newest` checks them after its download."""
+    run_dir = open_location(run_dir)
+    return _newest_verified(checkpoint_dirs(run_dir), _in_place, run_dir)
 
 
-def prune(run_dir: str | Path, keep: int, spare: Collection[str] = ()) -> None:
+@contextlib.contextmanager
+def fetch_newest(run_dir: str | Path | Location) -> Iterator[Path | None]:
+    """`newest_valid` as a local directory: in place on the local filesystem; from an object store, downloaded to
+    a temporary directory (deleted on exit) and verified with checksums there, the next older one tried when a
+    download fails them. Only a checkpoint whose listing verifies is downloaded."""
+    run_dir = open_location(run_dir)
+    with tempfile.TemporaryDirectory(prefix="xlc-checkpoint-") as tmp:
+
+        def check(candidate: Location) -> tuple[Path | None, list[str]]:
+            if candidate.is_local:
+                return Path(candidate), verify(candidate)
+            problems = verify(candidate, checksums=False)
+            if problems:
+                return None, problems
+            local = candidate.download(Path(tmp) / candidate.name)
+            problems = [p.replace(str(local), str(candidate)) for p in verify(local)]
+            if problems:
+                shutil.rmtree(local)  # one copy at a time on the local disk
+            return local, problems
+
+        yield _newest_verified(checkpoint_dirs(run_dir), check, run_dir)
+
+
+def prune(run_dir: str | Path | Location, keep: int, spare: Collection[str] = ()) -> None:
     """Delete the checkpoints of `run_dir` beyond the `keep` newest, except those named in `spare`."""
     for directory in checkpoint_dirs(run_dir)[:-keep]:
         if directory.name not in spare:
-            shutil.rmtree(directory)
+            directory.delete()
 
 
 # ---------------------------------------------------------------- label-sharded heads

@@ -2,22 +2,24 @@
 
 Before any worker starts: absolute paths, the dataset and model checked (bad values exit 2 before Ray,
 MLflow or DeepSpeed start), the checkpoint to resume from (or none, or `--restart`), a fitted head's inputs
-computed once. During: the epoch order of `train.data_order: exact`. After: the metrics a run reports.
+computed once. Dataset and checkpoints may lie on the local filesystem or behind any pyarrow.fs URI
+(`xlc.data.location`). During: the epoch order of `train.data_order: exact`. After: the metrics a run reports.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from xlc import data as xdata
 from xlc.backbones import backbone_input
 from xlc.config import RUNS_DIR, HeadConfig, RunConfig
+from xlc.data.location import Location, absolute, open_location
 from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS, TEXT, DatasetMeta
 from xlc.errors import DataError
 from xlc.heads import fit_head_inputs, needs_training_split
@@ -25,21 +27,22 @@ from xlc.train import checkpoint as ckpt
 from xlc.train.model import check_model
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of the checkpoints it manages
+RESTART = "rerun with --restart to start from step 0"
 REPORTED = ("p@", "ndcg@", "psp@", "acc", "recall@", "train_seconds", "samples_per_second", "peak_memory_bytes",
             "head_parameters")
 
 
-def _absolute(path: str | None) -> str | None:
-    """A filesystem path made absolute (Ray workers run in per-run directories); None and URIs (s3://) as given."""
-    return path if not path or "://" in path else str(Path(path).resolve())
-
-
 def prepare(cfg: RunConfig) -> tuple[RunConfig, DatasetMeta]:
-    """`cfg` with absolute paths (Ray workers run in per-run directories), and its checked dataset meta."""
-    cfg = dataclasses.replace(cfg, data=_absolute(cfg.data), deepspeed=_absolute(cfg.deepspeed),
-                              storage=dataclasses.replace(cfg.storage, path=_absolute(cfg.storage.path)))
-    meta = xdata.read_meta(cfg.data)
-    xdata.check_files(cfg.data)
+    """`cfg` with absolute paths (Ray workers run in per-run directories), `head.name: auto` resolved, and its
+    checked dataset meta; a `data` or `storage.path` URI that no pyarrow filesystem opens is a `ConfigError`
+    naming the key."""
+    cfg = dataclasses.replace(
+        cfg, data=absolute(cfg.data), deepspeed=cfg.deepspeed and absolute(cfg.deepspeed),
+        storage=dataclasses.replace(cfg.storage, path=cfg.storage.path and absolute(cfg.storage.path)))
+    data = open_location(cfg.data, "data")
+    run_dir(cfg)  # a storage.path URI that no filesystem opens: ConfigError now, not in a worker
+    meta = xdata.read_meta(data)
+    xdata.check_files(data)
     if cfg.head.name == "auto":
         cfg = dataclasses.replace(cfg, head=HeadConfig(name=default_head(meta, cfg.workers)))
     check_model(cfg, meta)
@@ -64,63 +67,69 @@ def default_head(meta: DatasetMeta, workers: int) -> str:
 
 
 def storage_path(cfg: RunConfig) -> str:
-    """Where the run's checkpoints live: `storage.path`, or ./xlc-runs/checkpoints."""
+    """Where the run's checkpoints live: `storage.path` (a path or a pyarrow.fs URI), or ./xlc-runs/checkpoints."""
     return cfg.storage.path or str((RUNS_DIR / "checkpoints").resolve())
 
 
-def run_dir(cfg: RunConfig) -> Path | None:
-    """The run's checkpoint directory `storage_path/name` when the storage is a filesystem path (local, or shared
-    by a cluster's nodes); None for an object store (s3://...), where only Ray reads the checkpoints."""
-    root = storage_path(cfg)
-    return None if "://" in root else Path(root) / cfg.name
+def run_dir(cfg: RunConfig) -> Location:
+    """The run's checkpoint directory `storage_path/name`: on a filesystem (local, or shared by a cluster's nodes)
+    or an object store (s3://...)."""
+    return open_location(storage_path(cfg), "storage.path") / cfg.name
 
 
-def resume_point(directory: Path | None) -> Path | None:
-    """The newest verified checkpoint of a run directory (None: a new run, or no directory to look in);
-    `DataError` naming the directory when every checkpoint there fails verification."""
-    if directory is None:
-        return None
+def resume_point(run: str | Path | Location) -> Location | None:
+    """The newest verified checkpoint of a run directory (None: a new run), checked where it lies (on an object
+    store by listing: `restored` checks the checksums after its download); `DataError` naming the directory when
+    every checkpoint there fails verification."""
     try:
-        return ckpt.newest_valid(directory)
+        return ckpt.newest_valid(run)
     except DataError as e:
-        raise DataError(f"{e}; rerun with --restart to start from step 0") from None
+        raise DataError(f"{e}; {RESTART}") from None
+
+
+@contextlib.contextmanager
+def restored(run: str | Path | Location) -> Iterator[Path | None]:
+    """What a worker resumes from: the newest checkpoint of the run directory that verifies, as a local directory
+    (downloaded from an object store: `xlc.train.checkpoint.fetch_newest`); None for a new run."""
+    with contextlib.ExitStack() as stack:
+        try:
+            found = stack.enter_context(ckpt.fetch_newest(run))
+        except DataError as e:
+            raise DataError(f"{e}; {RESTART}") from None
+        yield found
 
 
 def resume_hint(cfg: RunConfig) -> str:
     """What an interrupted `xlc train` says: the step the same command resumes from."""
-    directory = run_dir(cfg)
-    if directory is None:
-        return "interrupted; rerun the same command to resume from the last checkpoint Ray recorded"
+    run = run_dir(cfg)
     with warnings.catch_warnings():  # one line: a checkpoint cut short by the interrupt is skipped silently
         warnings.simplefilter("ignore")
         try:
-            found = resume_point(directory)
+            found = resume_point(run)
         except DataError:
-            return f"interrupted; no checkpoint under {directory} verifies; rerun with --restart to start from step 0"
+            return f"interrupted; no checkpoint under {run} verifies; {RESTART}"
     step = ckpt.read_state(found)["step"] if found else 0
     return f"interrupted; rerun the same command to resume from step {step}"
 
 
-def recorded_by_ray(directory: Path) -> set[str]:
+def recorded_by_ray(run: str | Path | Location) -> set[str]:
     """The checkpoint directory names Ray Train's snapshot of its checkpoints refers to (Ray prunes those itself,
     and refuses to start when one is missing). Read as text, so no Ray import."""
-    snapshot = directory / RAY_SNAPSHOT
-    text = snapshot.read_text() if snapshot.is_file() else ""
-    return {p.name for p in ckpt.checkpoint_dirs(directory) if p.name in text}
+    run = open_location(run)
+    snapshot = run / RAY_SNAPSHOT
+    text = snapshot.read_text() if snapshot.exists() else ""
+    return {c.name for c in ckpt.checkpoint_dirs(run) if c.name in text}
 
 
-def prune_unrecorded(directory: Path, keep: int, resume: Path | None = None) -> None:
+def prune_unrecorded(run: str | Path | Location, keep: int, resume: Location | None = None) -> None:
     """Delete the checkpoints beyond the `keep` newest that Ray never recorded (each run stopped between writing
     one and Ray's record of it leaves one), never the checkpoint a run is about to resume from."""
-    ckpt.prune(directory, keep, spare=recorded_by_ray(directory) | ({resume.name} if resume else set()))
+    ckpt.prune(run, keep, spare=recorded_by_ray(run) | ({resume.name} if resume else set()))
 
 
 def start_over(cfg: RunConfig) -> None:
     """`--restart`: delete the run's checkpoints (with what Ray recorded of them), so it trains from step 0."""
-    fs, root = pafs.FileSystem.from_uri(storage_path(cfg))
-    path = f"{root.rstrip('/')}/{cfg.name}"
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+    run_dir(cfg).delete()
 
 
 def fit_inputs(cfg: RunConfig) -> dict:

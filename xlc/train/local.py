@@ -6,6 +6,8 @@ train split's Parquet files itself (`xlc.data.iter_tables`: batch i of a seeded 
 rank i % world), checkpoints go to `storage.path/NAME/checkpoint_NNNNNN` (the `storage.keep` newest are
 kept; the same name again resumes from the newest valid one, `--restart` deletes them and starts over), and
 rank 0 logs to MLflow when it is installed (without it, training, evaluation and checkpoints run as usual and tracking is off).
+The dataset may lie behind a pyarrow.fs URI (s3://...); `storage.path` must be a filesystem path (a checkpoint
+is renamed into place when every rank has written it), so an object store there exits 2.
 Nothing here imports Ray.
 """
 
@@ -14,8 +16,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -25,8 +27,7 @@ from xlc.config import RunConfig
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
 from xlc.train import checkpoint as ckpt
-from xlc.train.driver import (exact_epoch, fit_inputs, prepare, reported, resume_point, run_dir, start_over,
-                              storage_path)
+from xlc.train.driver import exact_epoch, fit_inputs, prepare, reported, restored, resume_point, run_dir, start_over
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
@@ -34,7 +35,7 @@ class LocalRuntime:
     def __init__(self, cfg: RunConfig, meta: DatasetMeta, rank: int, world: int, device: torch.device, logger):
         self.cfg, self.meta = cfg, meta
         self.rank, self.world, self.device, self.logger = rank, world, device, logger
-        self.root = Path(storage_path(cfg)) / cfg.name
+        self.root = Path(run_dir(cfg))  # a filesystem path: `train` refuses an object store
         found = ckpt.checkpoint_dirs(self.root)
         self._index = int(found[-1].name.removeprefix(ckpt.PREFIX)) if found else 0
         barrier()  # every rank has read the index before any rank writes a checkpoint
@@ -42,9 +43,8 @@ class LocalRuntime:
     def epoch_tables(self, epoch: int, drop_last: bool):
         return exact_epoch(self.cfg, self.rank, self.world, epoch, drop_last)
 
-    @contextmanager
-    def restored(self) -> Iterator[Path | None]:
-        yield resume_point(self.root)
+    def restored(self) -> AbstractContextManager[Path | None]:
+        return restored(self.root)
 
     def report(self, metrics: dict, write: Callable[[Path], None] | None = None) -> None:
         """Checkpoint when `write` is given; the metrics reach the launcher as `train_loop`'s return value."""
@@ -98,6 +98,9 @@ def train(cfg: RunConfig, restart: bool = False) -> dict | None:
     """Run (or resume; `restart`: start over from step 0) `cfg` on this process's rank: {"run_id" (None when
     tracking is off), "metrics"} on rank 0, None on the other ranks."""
     cfg, meta = prepare(cfg)
+    if not run_dir(cfg).is_local:
+        raise ConfigError(f"storage.path={cfg.storage.path!r}: --local writes checkpoints to a filesystem path (local "
+                          "or shared); give one, or train without --local (Ray Train uploads them to object storage)")
     if not restart:
         resume_point(run_dir(cfg))  # every checkpoint corrupt: exit 2 now, not a silent restart from step 0
     rank, world, device = init_distributed(cfg.use_gpu)
@@ -132,6 +135,6 @@ def _train(cfg: RunConfig, meta: DatasetMeta, rank: int, world: int, device: tor
         if tracking is not None:
             from xlc.report import log_run_report
 
-            checkpoints = ckpt.checkpoint_dirs(runtime.root)
-            log_run_report(uri, run_id, cfg.data, checkpoints[-1] if checkpoints else None)
+            with restored(runtime.root) as final:
+                log_run_report(uri, run_id, cfg.data, final)
     return {"run_id": run_id, "metrics": reported(metrics)}

@@ -6,6 +6,8 @@ so `xlc eval` works for a run trained on any number of workers.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -13,6 +15,7 @@ import torch
 from xlc import config as xconfig
 from xlc import data as xdata
 from xlc import tracking
+from xlc.data.location import open_location
 from xlc.errors import ConfigError
 from xlc.eval.metrics import inv_propensity
 from xlc.heads import ShardedHead
@@ -21,26 +24,29 @@ from xlc.train.evaluation import evaluate
 from xlc.train.model import build_model
 
 
-def checkpoint_of(ref: str, uri: str | None) -> Path:
-    """A checkpoint directory given directly, or the newest valid checkpoint of an MLflow run id."""
+@contextlib.contextmanager
+def checkpoint_of(ref: str, uri: str | None) -> Iterator[Path]:
+    """A checkpoint directory given directly, or the newest valid checkpoint of an MLflow run id: under the run's
+    `storage.path`, where an object store's is downloaded for the duration (`checkpoint.fetch_newest`)."""
     path = Path(ref)
     if path.is_dir():
         found = ckpt.latest_valid(path)
         if found is None:
             raise ConfigError(f"{path}: not a valid checkpoint ({'; '.join(ckpt.verify(path)[:2])})")
-        return found
+        yield found
+        return
     client = tracking.client(tracking.resolve_uri(uri))
     try:
         run = client.get_run(ref)
     except Exception:
         raise ConfigError(f"{ref!r}: neither a checkpoint directory nor a run id in {tracking.resolve_uri(uri)}") from None
-    storage = Path(run.data.params.get("storage.path") or "None")
-    if str(storage) == "None":
-        storage = tracking.RUNS_DIR / "checkpoints"
-    found = ckpt.newest_valid(storage / run.info.run_name)  # DataError when every one is corrupt
-    if found is None:
-        raise ConfigError(f"run {ref}: no checkpoint under {storage / run.info.run_name}")
-    return found
+    storage = run.data.params.get("storage.path") or "None"  # a flattened None param reads "None"
+    run_dir = open_location(str(tracking.RUNS_DIR / "checkpoints") if storage == "None" else storage)
+    run_dir /= run.info.run_name
+    with ckpt.fetch_newest(run_dir) as found:  # DataError when every one is corrupt
+        if found is None:
+            raise ConfigError(f"run {ref}: no checkpoint under {run_dir}")
+        yield found
 
 
 def load_checkpoint(directory: Path, data_dir: str | None = None):

@@ -3,16 +3,17 @@
 Rank and device from the Ray Train context; batches read by each worker in the (seed, epoch) order of
 `data_order: exact` (`driver.exact_epoch`, as `--local` reads them), or from its split of the Ray Data stream
 (`stream.py`, `data_order: stream`); checkpoints saved by `ray.train.report` (each worker writes into a
-directory of its own, Ray merges them under `storage_path/name`) and restored from the newest one there
-that verifies (with storage on an object store, from `ray.train.get_checkpoint`).
+directory of its own, Ray merges them under `storage_path/name`, uploading them to an object store) and
+restored from the newest one there that verifies (`driver.restored`: listed through pyarrow.fs, so also one
+Ray had not recorded when the run stopped; from an object store, downloaded).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import ray.train
@@ -20,16 +21,16 @@ import torch
 
 from xlc import config as xconfig
 from xlc.config import RunConfig
+from xlc.data.location import Location
 from xlc.tracking import RunLogger
-from xlc.train import checkpoint as ckpt
 from xlc.train import stream
-from xlc.train.driver import exact_epoch, resume_point
+from xlc.train.driver import exact_epoch, restored
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
 
 class RayRuntime:
-    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str, run_dir: str | None):
+    def __init__(self, cfg: RunConfig, tracking_uri: str, run_id: str, run_dir: Location):
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = torch.device(f"cuda:{context.get_local_rank()}" if cfg.use_gpu else "cpu")
@@ -38,7 +39,7 @@ class RayRuntime:
         self.logger = RunLogger(tracking_uri, run_id) if self.rank == 0 else None
         self.cfg = cfg
         self._shard = ray.train.get_dataset_shard("train") if cfg.train.data_order == "stream" else None
-        self._run_dir = run_dir and Path(run_dir)
+        self._run_dir = run_dir
 
     def epoch_tables(self, epoch: int, drop_last: bool):
         if self._shard is None:  # data_order exact
@@ -47,17 +48,8 @@ class RayRuntime:
         return stream.epoch_batches(self._shard, self.cfg.train.batch_size, seed=self.cfg.train.seed + epoch,
                                     drop_last=drop_last)
 
-    @contextmanager
-    def restored(self) -> Iterator[Path | None]:
-        if self._run_dir is not None:  # on a filesystem: every checkpoint there, whether Ray recorded it or not
-            yield resume_point(self._run_dir)
-            return
-        restored = ray.train.get_checkpoint()
-        if restored is None:
-            yield None
-            return
-        with restored.as_directory() as directory:
-            yield ckpt.latest_valid(directory)
+    def restored(self) -> AbstractContextManager[Path | None]:
+        return restored(self._run_dir)  # every checkpoint there, whether Ray recorded it or not
 
     def report(self, metrics: dict, write: Callable[[Path], None] | None = None) -> None:
         if write is None:

@@ -14,19 +14,21 @@ import pyarrow as pa
 import ray.data
 
 from xlc import data as xdata
+from xlc.data.location import Location
 from xlc.train.driver import train_columns
 
 SHUFFLE_BATCHES = 8  # local shuffle buffer, in batches
 
 
-def read_train(data_dir: str | Path, backbone: str = "mlp") -> ray.data.Dataset:
+def read_train(data_dir: str | Path | Location, backbone: str = "mlp") -> ray.data.Dataset:
     """The train split as a lazy Ray Dataset of the columns `backbone` reads (sparse features, or text)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver prints its own progress
     # Parquet through Ray Data's V1 datasource: V2 first lists the files in a task of its own, which delays every
     # epoch's first batch; V1 starts reading at once.
     context.use_datasource_v2 = False
-    return ray.data.read_parquet(xdata.split_files(data_dir, "train"), columns=train_columns(backbone))
+    files = xdata.split_files(data_dir, "train")  # on one filesystem: the dataset's (local, s3://, ...)
+    return ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs, columns=train_columns(backbone))
 
 
 def epoch_batches(shard: ray.data.DataIterator, batch_size: int, *, seed: int, drop_last: bool = False

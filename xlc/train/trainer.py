@@ -3,8 +3,10 @@ stream`, as a Ray Data stream), fit a Ray TorchTrainer.
 
 Running the same run name again resumes: MLflow reuses the run, and every worker resumes from the newest
 checkpoint under `storage_path/name` that verifies, whether or not Ray recorded it (a run stopped between
-writing a checkpoint and Ray's record of it); with storage on an object store (s3://), from the latest
-checkpoint Ray recorded. Every checkpoint corrupt stops the run before Ray starts; `restart` starts over.
+writing a checkpoint and Ray's record of it), on a filesystem or an object store (s3://: listed through
+pyarrow.fs, only the chosen checkpoint downloaded). Every checkpoint corrupt stops the run before Ray starts
+(on an object store, checkpoints whose files are all there with their sizes but whose checksums all fail stop
+it in the workers, also with exit status 2); `restart` starts over.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import os
 import signal
 import threading
 import warnings
-from pathlib import Path
 
 if not os.environ.get("RAY_ADDRESS"):
     # A Ray this process starts is single-node: Ray then takes 127.0.0.1 as the node address, and its GCS,
@@ -27,11 +28,12 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 from xlc import tracking  # noqa: E402
 from xlc.config import RunConfig  # noqa: E402
+from xlc.data.location import open_location  # noqa: E402
 from xlc.errors import XlcError  # noqa: E402
 from xlc.report import log_run_report  # noqa: E402
 from xlc.train import stream  # noqa: E402
-from xlc.train.driver import (fit_inputs, prepare, prune_unrecorded, reported, resume_point, run_dir,  # noqa: E402
-                              start_over, storage_path)
+from xlc.train.driver import (fit_inputs, prepare, prune_unrecorded, reported, restored, resume_point,  # noqa: E402
+                              run_dir, start_over, storage_path)
 from xlc.train.ray_runtime import train_loop_per_worker  # noqa: E402
 
 def ensure_ray(num_workers: int) -> None:
@@ -73,13 +75,13 @@ def train(cfg: RunConfig, restart: bool = False) -> dict:
     """Run (or resume; `restart`: start over from step 0) `cfg` and return {"run_id", "metrics"} with the final
     evaluation."""
     cfg, meta = prepare(cfg)  # fail fast, before Ray or MLflow start, on a bad dataset or option value
-    directory = run_dir(cfg)
+    run = run_dir(cfg)
     if restart:
         start_over(cfg)
     # every checkpoint corrupt: exit 2 now, not a silent restart from step 0
-    resume = None if restart else resume_point(directory)
-    if directory is not None:
-        prune_unrecorded(directory, cfg.storage.keep, resume)
+    resume = None if restart else resume_point(run)
+    prune_unrecorded(run, cfg.storage.keep, resume)
+    storage = open_location(storage_path(cfg))
     uri, run_id, resumed = tracking.open_training_run(cfg, meta, cfg.workers, fresh=restart)
     with tracking.ending(uri, run_id):  # from here on, an exception or an interrupt ends it FAILED or KILLED
         ensure_ray(cfg.workers)
@@ -88,14 +90,17 @@ def train(cfg: RunConfig, restart: bool = False) -> dict:
         trainer = _Trainer(
             train_loop_per_worker,
             train_loop_config={"config": cfg.to_dict(), "run_id": run_id, "tracking_uri": uri,
-                               "head_inputs": fit_inputs(cfg), "run_dir": directory and str(directory)},
+                               "head_inputs": fit_inputs(cfg), "run_dir": run},
             scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             datasets=datasets,
             dataset_config=DataConfig(datasets_to_split=list(datasets)),
             run_config=ray.train.RunConfig(
                 name=cfg.name,
-                storage_path=storage_path(cfg),
+                # a URI's filesystem as opened here, with its query options (endpoint_override=...); Ray then
+                # takes the path as one on that filesystem
+                storage_path=storage.path,
+                storage_filesystem=None if storage.is_local else storage.fs,
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.keep),
                 failure_config=FailureConfig(max_failures=cfg.storage.max_failures),
             ),
@@ -103,12 +108,13 @@ def train(cfg: RunConfig, restart: bool = False) -> dict:
         try:
             result = trainer.fit()
         except Exception as e:
-            cause = e.__cause__ or e
-            if isinstance(cause, XlcError):
-                raise cause from None
+            # a user error in a worker (Ray Train hands the workers' exceptions over as `worker_failures`; some
+            # paths chain it as the cause) ends the command as one line with status 2, as the driver's do
+            for cause in (e, e.__cause__, *getattr(e, "worker_failures", {}).values()):
+                if isinstance(cause, XlcError):
+                    raise cause from None
             raise
-        if directory is not None:
-            prune_unrecorded(directory, cfg.storage.keep)
-        checkpoint = result.checkpoint.path if result.checkpoint is not None else None
-        log_run_report(uri, run_id, cfg.data, checkpoint if checkpoint and Path(checkpoint).is_dir() else None)
+        prune_unrecorded(run, cfg.storage.keep)
+        with restored(run) as final:  # the model the report exports (downloaded once from an object store)
+            log_run_report(uri, run_id, cfg.data, final)
     return {"run_id": run_id, "resumed": resumed, "metrics": reported(result.metrics or {})}
