@@ -69,8 +69,8 @@ def binary_rows(pixels: np.ndarray) -> pa.Array:
 
 
 def write_glyph_dataset(out_dir: str | Path, *, name: str, source: str, faces: Sequence[Face],
-                        codepoints: Sequence[int], covered: np.ndarray, splits: Sequence[Split], size: int, augment: float, seed: int,
-                        workers: int, options: dict, overwrite: bool = False) -> Path:
+                        codepoints: Sequence[int], covered: np.ndarray, splits: Sequence[Split], size: int,
+                        augment: float, seed: int, workers: int, options: dict, overwrite: bool = False) -> Path:
     """Render and write the dataset: label i = `codepoints[i]` (named `U+XXXX <char>`), an `image` column of
     size x size grey pixels, rows of each split in a seeded random order, `workers` rendering processes;
     `covered [F, C]` says which faces have each class's glyph."""

@@ -56,7 +56,8 @@ def test_collate_of_a_sliced_table():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (lambda imgs: imgs[:12] + [imgs[12][:-1]] + imgs[13:], r"part-00000.parquet, row 12: image has 23 bytes; .* needs 24"),
+    (lambda imgs: imgs[:12] + [imgs[12][:-1]] + imgs[13:],
+     r"part-00000.parquet, row 12: image has 23 bytes; .* needs 24"),
     (lambda imgs: imgs[:8] + [None] + imgs[9:], r"part-00000.parquet, row 8: column 'image' is null"),
 ])
 def test_bad_rows_name_file_and_row(tmp_path, bad, message):

@@ -25,7 +25,8 @@ def random_affine(x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
 
     angle, scale = draw(math.radians(8)), 1 + draw(0.1)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale  # [B]
-    theta = torch.stack([torch.stack([cos, -sin, draw(0.12)], 1), torch.stack([sin, cos, draw(0.12)], 1)], 1)  # [B, 2, 3]
+    rows = [torch.stack([cos, -sin, draw(0.12)], 1), torch.stack([sin, cos, draw(0.12)], 1)]  # 2 x [B, 3]
+    theta = torch.stack(rows, 1)  # [B, 2, 3]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # [B, H, W, 2]
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     contrast, brightness = 1 + draw(0.2), draw(0.1)  # [B]

@@ -95,4 +95,5 @@ def image_rows(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     arr = as_array(col)
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset: arr.offset + len(arr) + 1]  # [B+1]
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]  # [B * bytes]
-    return data.reshape(len(arr), -1).copy() if len(arr) else np.zeros((0, 0), dtype=np.uint8)  # copy: Arrow is read-only
+    # copied: Arrow's buffers are read-only
+    return data.reshape(len(arr), -1).copy() if len(arr) else np.zeros((0, 0), dtype=np.uint8)
