@@ -72,7 +72,7 @@ def parse_block(block: str) -> range:
     return range(lo, hi + 1)
 
 
-def build(out_dir: str, *, classes: int = 0, skip_classes: int = 0, min_fonts: int = 10, size: int = 32,
+def build(out_dir: str, *, classes: int = 0, skip_classes: int = 0, min_fonts: int = 8, size: int = 32,
           renders: int = 2, test_renders: int = 1, augment: float = 1.0, holdout_font: str = "", fonts: str = "",
           block: str = "4E00-9FFF", workers: int = 0, seed: int = 0, overwrite: bool = False) -> Path:
     """Build cjk-glyphs into `out_dir` (`classes` 0: every covered code point; `workers` 0: one per CPU)."""
