@@ -5,7 +5,9 @@ other faces of those packages are regional or monospaced variants with the same 
 the code points of `block` that at least `min_fonts` faces cover (their cmaps), ordered by how many faces
 cover them (then by code point); `--classes N` keeps N of that order after skipping `--skip-classes`, so
 two builds with disjoint ranges give disjoint class sets (open-set retrieval on held-out classes). Label ids
-follow the code points. A face that lacks a class's glyph renders no row for it.
+follow the code points. A face that lacks a class's glyph renders no row for it. Coverage of U+4E00-U+9FFF
+(bookworm's packages): 8,974 code points in all 12 faces, 18,963 in >= 10, 20,932 in >= 8 (the default);
+the IPA faces hold only the 9,571 Japanese-use ideographs.
 
 Splits: train = `renders` distorted renders per (class, face); test = `test_renders` renders with fresh draws
 of the same distortions (held-out augmentations of seen fonts), or, with `--holdout-font NAME`, every render of
