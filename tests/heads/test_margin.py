@@ -131,7 +131,7 @@ def _check_sharded_margin(rank, world_size):
         assert torch.equal(head.topk(x[mine], 3)[1], cos.topk(3, dim=1).indices[mine])
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("world_size", [2, pytest.param(3, marks=pytest.mark.slow)])  # ~8 s a spawn when loaded
 def test_sharded_margin_on_gloo_ranks_is_the_global_reference(spawn_gloo, world_size):
     """Each rank's loss, its rows' dX and its shard's dW equal the float64 reference on the global batch."""
     spawn_gloo(world_size, _check_sharded_margin)
