@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from xlc.data import iter_batches, label_counts, label_names, read_meta
+from xlc.data.schema import SAMPLES_FILE
 from xlc.data.stats import dataset_stats
 from xlc.plots import plot_image_grid, plot_label_frequency
 
@@ -31,7 +32,7 @@ def report(directory: str | Path, plot: Path | None = None) -> str:
         f"histogram: {png}",
     ]
     if read_meta(directory).image is not None:
-        lines.append(f"sample images: {sample_grid(directory, png.with_name('samples.png'))}")
+        lines.append(f"sample images: {sample_grid(directory, directory / SAMPLES_FILE)}")
     return "\n".join(lines)
 
 

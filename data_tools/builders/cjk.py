@@ -22,7 +22,9 @@ from pathlib import Path
 
 from data_tools.builders.glyphs import Split, write_glyph_dataset
 from data_tools.glyph_render import Face, coverage
+from data_tools.stats import sample_grid
 from data_tools.builders.packages import apt_package_dir, apt_package_version
+from xlc.data.schema import SAMPLES_FILE
 from xlc.errors import ConfigError, DataError
 
 # (face name, Debian package, font file under /usr/share/fonts, index in a .ttc)
@@ -98,9 +100,11 @@ def build(out_dir: str, *, classes: int = 0, skip_classes: int = 0, min_fonts: i
     seen = [f for f, name in enumerate(names) if name != holdout_font]
     test = Split("test", [names.index(holdout_font)], renders + test_renders, 1) if holdout_font else \
         Split("test", seen, test_renders, 1)
-    return write_glyph_dataset(
+    path = write_glyph_dataset(
         out_dir, name="cjk-glyphs", source=source, faces=faces, codepoints=[points[i] for i in chosen],
         covered=covered[:, chosen], splits=[Split("train", seen, renders, 0), test], size=size, augment=augment,
         seed=seed, workers=workers or os.cpu_count() or 1, overwrite=overwrite,
         options=dict(classes=classes, skip_classes=skip_classes, min_fonts=min_fonts, size=size, renders=renders,
                      test_renders=test_renders, augment=augment, holdout_font=holdout_font, block=block, seed=seed))
+    sample_grid(path, path / SAMPLES_FILE)  # logged with every training run on the set (xlc.tracking)
+    return path

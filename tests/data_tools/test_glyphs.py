@@ -47,6 +47,7 @@ def test_build_rows_images_and_reading(tmp_path):
     # ink near every centre (the faintest: ExtraLight, thinned and blurred)
     assert (images.reshape(-1, 16, 16)[:, 4:12, 4:12].max(axis=(1, 2)) > 60).all()
     assert pixels(path, "train") != pixels(path, "test")  # held-out augmentations, not copies
+    assert (path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the sample grid, built with the set
 
 
 def test_seeded_and_independent_of_workers(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from data_tools.builders import cjk
 
@@ -45,7 +46,10 @@ def test_train_eval_and_open_set_retrieval(tmp_path):
     }))
     trained = xlc(tmp_path, "train", str(config), "--local")
     assert trained["metrics"]["p@1"] > 3 / 12  # chance 1/12; measured 0.38 (seeded, CPU)
-    run = [trained["run_id"], "--uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts = MlflowClient(uri).list_artifacts(trained["run_id"], "dataset")
+    assert [a.path for a in artifacts] == ["dataset/samples.png"]  # the builder's sample grid, logged with the run
+    run = [trained["run_id"], "--uri", uri]
     closed = xlc(tmp_path, "eval", *run)["metrics"]
     assert closed["p@1"] == pytest.approx(trained["metrics"]["p@1"])
     open_set = xlc(tmp_path, "eval", *run, "--retrieval", str(unseen))["metrics"]

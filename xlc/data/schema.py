@@ -6,6 +6,7 @@ DIR/labels.parquet     label_id int32, name string, train_count int64
 DIR/train/*.parquet    labels list<int32>; feat_idx list<int32> + feat_val list<float32>, text string and/or
                        image binary (H x W x C uint8 pixels, row-major; the shape is meta.json's `image`)
 DIR/test/*.parquet     same schema
+DIR/samples.png        optional: a grid of sample images (image sets), logged with each training run
 ```
 """
 
@@ -24,6 +25,7 @@ from xlc.errors import DataError
 
 META_FILE = "meta.json"
 LABELS_FILE = "labels.parquet"
+SAMPLES_FILE = "samples.png"
 SPLITS = ("train", "test")
 
 LABELS = "labels"
