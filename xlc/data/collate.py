@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS, TEXT, as_array
+from xlc.data.schema import FEAT_IDX, FEAT_VAL, IMAGE, LABELS, TEXT, as_array
 
 
 @dataclass
@@ -17,7 +17,9 @@ class Batch:
 
     `feat_idx`/`feat_offsets`/`feat_val` feed `nn.EmbeddingBag(mode="sum")(feat_idx, feat_offsets,
     per_sample_weights=feat_val)`; they are None for text-only sets. `targets` is Long [B] (single-label: the
-    first label, -1 for a row without labels) or Long [B, M] padded with -1 (multi-label, M >= 1).
+    first label, -1 for a row without labels) or Long [B, M] padded with -1 (multi-label, M >= 1). `image` is
+    uint8 [B, H * W * C], each row's pixels as stored (row-major H x W x C; the shape is meta.json's `image`,
+    which the image backbone is built with).
     """
 
     targets: torch.Tensor  # [B] or [B, M]
@@ -25,6 +27,7 @@ class Batch:
     feat_offsets: torch.Tensor | None = None  # [B] long, start of each row in feat_idx
     feat_val: torch.Tensor | None = None  # [nnz] float
     text: list[str] | None = None
+    image: torch.Tensor | None = None  # [B, H * W * C] uint8
 
     def __len__(self) -> int:
         return self.targets.shape[0]
@@ -82,4 +85,15 @@ def collate(table: pa.Table | pa.RecordBatch, multi_label: bool) -> Batch:
             batch.feat_val = torch.ones(len(f_idx), dtype=torch.float32)
     if TEXT in names:
         batch.text = as_array(table.column(TEXT)).to_pylist()
+    if IMAGE in names:
+        batch.image = torch.from_numpy(image_rows(table.column(IMAGE)))
     return batch
+
+
+def image_rows(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A binary column of equal-length values (validated by `validate_table`) -> uint8 [B, bytes], one copy."""
+    arr = as_array(col)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset: arr.offset + len(arr) + 1]  # [B+1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]]  # [B * bytes]
+    # copied: Arrow's buffers are read-only
+    return data.reshape(len(arr), -1).copy() if len(arr) else np.zeros((0, 0), dtype=np.uint8)

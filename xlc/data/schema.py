@@ -3,8 +3,10 @@
 ```
 DIR/meta.json          DatasetMeta as JSON
 DIR/labels.parquet     label_id int32, name string, train_count int64
-DIR/train/*.parquet    labels list<int32>; feat_idx list<int32> + feat_val list<float32> and/or text string
+DIR/train/*.parquet    labels list<int32>; feat_idx list<int32> + feat_val list<float32>, text string and/or
+                       image binary (H x W x C uint8 pixels, row-major; the shape is meta.json's `image`)
 DIR/test/*.parquet     same schema
+DIR/samples.png        optional: a grid of sample images (image sets), logged with each training run
 ```
 """
 
@@ -24,25 +26,30 @@ from xlc.errors import DataError
 
 META_FILE = "meta.json"
 LABELS_FILE = "labels.parquet"
+SAMPLES_FILE = "samples.png"
 SPLITS = ("train", "test")
 
 LABELS = "labels"
 FEAT_IDX = "feat_idx"
 FEAT_VAL = "feat_val"
 TEXT = "text"
+IMAGE = "image"
+IMAGE_KEYS = ("height", "width", "channels")
 
 INDEX_LIST = pa.list_(pa.int32())
 VALUE_LIST = pa.list_(pa.float32())
 LABELS_SCHEMA = pa.schema([("label_id", pa.int32()), ("name", pa.string()), ("train_count", pa.int64())])
 
 
-def row_schema(sparse: bool, text: bool) -> pa.Schema:
-    """The schema of a split file: labels, then the sparse feature pair and/or the text column."""
+def row_schema(sparse: bool, text: bool, image: bool = False) -> pa.Schema:
+    """The schema of a split file: labels, then the sparse feature pair, the text column and/or the image column."""
     fields = [(LABELS, INDEX_LIST)]
     if sparse:
         fields += [(FEAT_IDX, INDEX_LIST), (FEAT_VAL, VALUE_LIST)]
     if text:
         fields.append((TEXT, pa.string()))
+    if image:
+        fields.append((IMAGE, pa.binary()))
     return pa.schema(fields)
 
 
@@ -51,7 +58,9 @@ class DatasetMeta:
     """Contents of `DIR/meta.json`.
 
     `num_features` is the sparse feature dimension (None for text-only sets); `text` says a raw `text` column
-    exists. A set may have both (e.g. icd10cm keeps its text next to the tf-idf features).
+    exists. A set may have both (e.g. icd10cm keeps its text next to the tf-idf features). `image`
+    ({"height", "width", "channels"}) says an `image` column holds each row's pixels as that many uint8 bytes,
+    row-major H x W x C (grey: C = 1).
     """
 
     name: str
@@ -63,6 +72,7 @@ class DatasetMeta:
     created_by: str = ""
     num_train: int | None = None
     num_test: int | None = None
+    image: dict | None = None
     # extra files in the directory (e.g. {"vocabulary": "vocab.parquet"}) and the builder's options
     files: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
@@ -70,6 +80,11 @@ class DatasetMeta:
     @property
     def sparse(self) -> bool:
         return self.num_features is not None
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of one row's image (H * W * C); 0 for a set without images."""
+        return self.image["height"] * self.image["width"] * self.image["channels"] if self.image else 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -99,8 +114,12 @@ def read_meta(directory: str | Path | Location) -> DatasetMeta:
         raise DataError(f"{path}: num_labels={meta.num_labels!r}: expected a positive integer")
     if meta.num_features is not None and (not isinstance(meta.num_features, int) or meta.num_features < 1):
         raise DataError(f"{path}: num_features={meta.num_features!r}: expected a positive integer or null")
-    if not meta.sparse and not meta.text:
-        raise DataError(f"{path}: needs num_features (sparse features) or text: true; it has neither")
+    if meta.image is not None and (not isinstance(meta.image, dict) or sorted(meta.image) != sorted(IMAGE_KEYS)
+                                   or not all(isinstance(v, int) and v > 0 for v in meta.image.values())):
+        raise DataError(f"{path}: image={meta.image!r}: expected {{\"height\": H, \"width\": W, \"channels\": C}} "
+                        f"with positive integers")
+    if not meta.sparse and not meta.text and meta.image is None:
+        raise DataError(f"{path}: needs num_features (sparse features), text: true or image; it has none")
     return meta
 
 
@@ -148,7 +167,7 @@ def validate_table(table: pa.Table | pa.RecordBatch, path: str, meta: DatasetMet
     `row_offset` is the index of the table's first row within the file, so errors name the file row.
     """
     where = str(path)
-    expected = row_schema(sparse=True, text=True)
+    expected = row_schema(sparse=True, text=True, image=True)
     names = table.schema.names
     if LABELS not in names:
         raise DataError(f"{where}: missing column 'labels' (list<int32>); columns are {names}")
@@ -173,3 +192,19 @@ def validate_table(table: pa.Table | pa.RecordBatch, path: str, meta: DatasetMet
         if text.null_count:
             row = int(np.argmax(pc.is_null(text).to_numpy(zero_copy_only=False)))
             raise DataError(f"{where}, row {row_offset + row}: column 'text' is null; use an empty string instead")
+    if IMAGE in names:
+        _check_images(as_array(table.column(IMAGE)), where, row_offset, meta.image_bytes)
+
+
+def _check_images(images: pa.Array, where: str, row_offset: int, size: int) -> None:
+    """No nulls, and every value exactly `size` bytes (meta.json's H * W * C; 0: the set declares no image)."""
+    if not size:
+        raise DataError(f"{where}: has an 'image' column but meta.json declares no image shape")
+    if images.null_count:
+        row = int(np.argmax(pc.is_null(images).to_numpy(zero_copy_only=False)))
+        raise DataError(f"{where}, row {row_offset + row}: column 'image' is null")
+    lengths = pc.binary_length(images).to_numpy(zero_copy_only=False)  # [B]
+    if len(lengths) and (lengths != size).any():
+        row = int(np.argmax(lengths != size))
+        raise DataError(f"{where}, row {row_offset + row}: image has {lengths[row]} bytes; meta.json's image shape "
+                        f"needs {size}")

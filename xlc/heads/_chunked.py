@@ -82,12 +82,14 @@ class _ChunkedLoss(torch.autograd.Function):
 
     dL/dz = g * (a * f(z) - c * onehot_S) with f = softmax or sigmoid: one backward for both losses.
     With `group`, forward sums the per-shard statistics over ranks (`_dist`); backward is local.
+    `exclude` ("ce" only): R runs over the labels outside S (their logits count as -inf), and dL/dz_S = 0.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, local, a, c, kind, chunk, group, logit_fn):
+    def forward(ctx, x, weight, bias, local, a, c, kind, chunk, group, logit_fn, exclude=False):
+        assert kind == "ce" or not exclude, kind
         cd, acc = compute_dtypes(x, weight)
-        fused = _fused.enabled(x, logit_fn is linear_logits)
+        fused = _fused.enabled(x, logit_fn is linear_logits) and not exclude
         batch = x.shape[0]
         picked = torch.zeros(batch, dtype=acc, device=x.device)  # [B] sum of own target logits
         row_max = torch.full((batch,), -torch.inf, dtype=acc, device=x.device)  # [B]
@@ -99,12 +101,15 @@ class _ChunkedLoss(torch.autograd.Function):
                 _chunk_logits(x, weight[lo:hi], b, cd, acc, logit_fn)  # [B, c]
             idx, inside = _in_chunk(local, lo, hi - lo)
             picked += torch.where(inside, z.gather(1, idx).to(acc), 0).sum(1)
+            if exclude:
+                z.index_put_(_target_cells(idx, inside), torch.tensor(-torch.inf, dtype=z.dtype, device=z.device))
             if kind == "ce":
                 if fused:
                     chunk_max, chunk_sum = _fused.ce_stats(z, acc)  # [B], [B]
                 else:
                     chunk_max = z.max(dim=1).values  # [B]
-                new_max = torch.maximum(row_max, chunk_max)
+                # finite floor: a row whose logits so far are all excluded (-inf) must not give exp(-inf + inf)
+                new_max = torch.maximum(row_max, chunk_max).clamp(min=torch.finfo(acc).min)
                 if fused:
                     total = total * torch.exp(row_max - new_max) + chunk_sum * torch.exp(chunk_max - new_max)
                 else:
@@ -119,7 +124,7 @@ class _ChunkedLoss(torch.autograd.Function):
             lse = None
             loss = all_reduce_sum_(a * total - c * picked, group)
         ctx.save_for_backward(x, weight, bias, local, a, c, lse)
-        ctx.kind, ctx.chunk, ctx.logit_fn, ctx.fused = kind, chunk, logit_fn, fused
+        ctx.kind, ctx.chunk, ctx.logit_fn, ctx.fused, ctx.exclude = kind, chunk, logit_fn, fused, exclude
         return loss
 
     @staticmethod
@@ -135,7 +140,7 @@ class _ChunkedLoss(torch.autograd.Function):
         db = torch.zeros_like(bias) if need_b else None  # [C_local]
         if ctx.fused:
             _fused_backward(x, weight, bias, local, lse, ga, gc, ctx.kind, ctx.chunk, dx, dw, db)
-            return None if dx is None else dx.to(x.dtype), dw, db, None, None, None, None, None, None, None
+            return None if dx is None else dx.to(x.dtype), dw, db, None, None, None, None, None, None, None, None
         x_leaf = x.detach().requires_grad_(need_x)
         for lo, hi in chunk_ranges(weight.shape[0], ctx.chunk):
             w_leaf = weight[lo:hi].detach().requires_grad_(need_w)
@@ -146,6 +151,8 @@ class _ChunkedLoss(torch.autograd.Function):
             dz = (z.detach() - lse[:, None]).exp_() if ctx.kind == "ce" else torch.sigmoid(z.detach())  # [B, c]
             dz.mul_(ga)
             idx, inside = _in_chunk(local, lo, hi - lo)
+            if ctx.exclude:
+                dz.index_put_(_target_cells(idx, inside), torch.zeros((), dtype=dz.dtype, device=dz.device))
             dz.scatter_add_(1, idx, torch.where(inside, -gc, 0))
             leaves = [t for t, need in ((x_leaf, need_x), (w_leaf, need_w), (b_leaf, need_b)) if need]
             grads = iter(torch.autograd.grad(z, leaves, dz))
@@ -156,7 +163,13 @@ class _ChunkedLoss(torch.autograd.Function):
             if need_b:
                 db[lo:hi] = next(grads)
         dx = None if dx is None else dx.to(x.dtype)
-        return dx, dw, db, None, None, None, None, None, None, None
+        return dx, dw, db, None, None, None, None, None, None, None, None
+
+
+def _target_cells(idx: torch.Tensor, inside: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, columns) of the chunk cells holding a target, from `_in_chunk`'s `idx`, `inside` [B, M]."""
+    rows, slots = inside.nonzero(as_tuple=True)  # [P], [P]
+    return rows, idx[rows, slots]
 
 
 def _fused_backward(x, weight, bias, local, lse, ga, gc, kind, chunk, dx, dw, db) -> None:
@@ -212,6 +225,18 @@ def chunked_cross_entropy(
         a, c = (n > 0).to(acc), torch.where(n > 0, 1 / n.clamp(min=1), 0)
     chunk = chunk or default_chunk(x.shape[0], weight.shape[0], x.device.type)
     return _ChunkedLoss.apply(x, weight, bias, local, a, c, "ce", chunk, group, logit_fn or linear_logits)
+
+
+def chunked_logsumexp_excluding_targets(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                        targets: torch.Tensor, *, chunk: int | None = None, label_offset: int = 0,
+                                        group=None, logit_fn: LogitFn | None = None) -> torch.Tensor:
+    """`log sum_{j not in S_i} exp(z_ij)` `[B]` over all labels of all shards but the row's targets S_i,
+    differentiable in `x`, `weight`, `bias` (the margin losses add the target term themselves, `_margin`)."""
+    _, acc = compute_dtypes(x, weight)
+    ones = torch.ones(x.shape[0], dtype=acc, device=x.device)  # [B]
+    chunk = chunk or default_chunk(x.shape[0], weight.shape[0], x.device.type)
+    return _ChunkedLoss.apply(x, weight, bias, _local_targets(targets, label_offset), ones, torch.zeros_like(ones),
+                              "ce", chunk, group, logit_fn or linear_logits, True)
 
 
 def chunked_bce(

@@ -8,6 +8,7 @@ from torch import nn
 from xlc.errors import ConfigError
 from xlc.heads._chunked import chunked_cross_entropy, chunked_topk
 from xlc.heads._init import init_linear
+from xlc.heads._margin import Margin
 from xlc.heads._targets import PAL_REDUCTIONS, check_choice, unique_targets, validate_targets
 from xlc.heads.codec import contiguous_groups
 
@@ -19,6 +20,8 @@ class MHSHead(nn.Module):
     uniformly (the ArcFace-MHS_B1 variant), with targets remapped into U: loss = mean_i CE over U's labels
     (multi-label: pick-all-label, `multi_label_loss`). `topk` is exact over all C labels, chunked over
     labels. Same parameter names as `softmax`, so the trained classifier loads into it.
+    `margin: arcface | cosface` (with `bias: false`): over U, the face-recognition form (ArcFaceMHS_B1) with
+    the margin softmax over normalised weights of `xlc.heads._margin`; `topk` then ranks by cosine.
     https://arxiv.org/abs/2412.10182
     """
 
@@ -32,9 +35,13 @@ class MHSHead(nn.Module):
         bias: bool = True,
         chunk: int | None = None,
         multi_label_loss: str = "pal_mean",
+        margin: str = "none",
+        margin_m: float | None = None,
+        margin_scale: float = 64.0,
     ):
         super().__init__()
         check_choice("multi_label_loss", multi_label_loss, PAL_REDUCTIONS)
+        self.margin = Margin.of(margin, margin_m, margin_scale, bias)
         if not isinstance(sampled_groups, int) or sampled_groups < 0:
             raise ConfigError(f"sampled_groups={sampled_groups!r}: expected an integer >= 0 (extra groups per batch)")
         self.groups = contiguous_groups(num_labels, num_groups=num_groups, group_size=group_size)
@@ -58,6 +65,8 @@ class MHSHead(nn.Module):
         t = unique_targets(targets)  # [B, M]
         local = torch.searchsorted(labels, t.clamp(min=0).contiguous())  # [B, M] position in U (targets are in U)
         local = torch.where(t >= 0, local, -1)
+        if self.margin is not None:
+            return self.margin.loss(features, self.weight[labels], local, chunk=self.chunk).mean()
         bias = None if self.bias is None else self.bias[labels]
         per_row = chunked_cross_entropy(
             features, self.weight[labels], bias, local, chunk=self.chunk, reduction=self.multi_label_loss
@@ -65,7 +74,8 @@ class MHSHead(nn.Module):
         return per_row.mean()
 
     def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return chunked_topk(features, self.weight, self.bias, k, chunk=self.chunk)
+        logit_fn = None if self.margin is None else self.margin.logit_fn
+        return chunked_topk(features, self.weight, self.bias, k, chunk=self.chunk, logit_fn=logit_fn)
 
 
 __all__ = ["MHSHead"]

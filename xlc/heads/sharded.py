@@ -32,6 +32,7 @@ from xlc.heads._dist import (
     shard_range,
 )
 from xlc.heads._init import init_shard
+from xlc.heads._margin import Margin
 from xlc.heads._targets import LABEL_REDUCTIONS, PAL_REDUCTIONS, check_choice, check_k, validate_targets
 
 
@@ -77,8 +78,10 @@ class LabelShard:
         return x, t
 
     @torch.no_grad()
-    def topk(self, features, weight, bias, k: int, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k of this rank's rows over every shard: gather rows, local top-k with global ids, merge."""
+    def topk(self, features, weight, bias, k: int, chunk: int | None, logit_fn=None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k of this rank's rows over every shard: gather rows, local top-k (by `logit_fn`, default linear)
+        with global ids, merge."""
         check_k(k, self.num_labels)
         debug_check(
             "topk", self.group, features=features.detach(), label_range=(self.start, self.end),
@@ -90,7 +93,8 @@ class LabelShard:
         scores = torch.full((n, k), -torch.inf, dtype=compute_dtypes(x, weight)[1], device=x.device)  # [N, k]
         labels = torch.full((n, k), -1, dtype=torch.long, device=x.device)  # [N, k]; -1/-inf pad a small shard
         if own > 0 and n > 0:
-            scores[:, :own], labels[:, :own] = chunked_topk(x, weight, bias, own, chunk=chunk, label_offset=self.start)
+            scores[:, :own], labels[:, :own] = chunked_topk(x, weight, bias, own, chunk=chunk, label_offset=self.start,
+                                                            logit_fn=logit_fn)
         scores, labels = merge_topk_across_ranks(scores, labels, k, self.group)
         mine = local_rows(rows, self.rank)
         return scores[mine], labels[mine]
@@ -114,6 +118,8 @@ class ShardedSoftmaxHead(nn.Module):
     arXiv 2203.15565), in training mode only: each rank keeps every label of its range present in the
     global batch plus uniform negatives up to ceil(sample_rate * C_local); the softmax runs over the
     union of the kept labels. `topk` is exact over all shards (ties go to the lower label).
+    `margin: arcface | cosface` (with `bias: false`): the margin softmax over normalised weights of
+    `xlc.heads._margin`, single-label; `topk` then ranks by cosine.
     """
 
     label_sharded = ("weight", "bias")  # state_dict entries whose dim 0 is [label_start, label_end)
@@ -134,9 +140,13 @@ class ShardedSoftmaxHead(nn.Module):
         chunk: int | None = None,
         multi_label_loss: str = "pal_mean",
         seed: int = 0,
+        margin: str = "none",
+        margin_m: float | None = None,
+        margin_scale: float = 64.0,
     ):
         super().__init__()
         check_choice("multi_label_loss", multi_label_loss, PAL_REDUCTIONS)
+        self.margin = Margin.of(margin, margin_m, margin_scale, bias)
         if not 0 < sample_rate <= 1:
             raise ConfigError(f"head.sample_rate={sample_rate}: expected 0 < sample_rate <= 1 (1 = exact softmax)")
         init_sharded_linear(self, num_labels, in_dim, process_group, bias, seed)
@@ -151,6 +161,9 @@ class ShardedSoftmaxHead(nn.Module):
             index = self._sample(t)  # [S] local rows kept, ascending
             weight, bias = weight[index], None if bias is None else bias[index]  # [S, d], [S]
             t = self._remap(t, index)
+        if self.margin is not None:
+            return self.margin.loss(x, weight, t, chunk=self.chunk, label_offset=self.label_start,
+                                    group=self.shard.group).mean()
         per_row = chunked_cross_entropy(
             x, weight, bias, t, chunk=self.chunk, label_offset=self.label_start, group=self.shard.group,
             reduction=self.multi_label_loss,
@@ -177,12 +190,13 @@ class ShardedSoftmaxHead(nn.Module):
         return torch.where(inside, pos + self.label_start, targets)
 
     def topk(self, features: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.shard.topk(features, self.weight, self.bias, k, self.chunk)
+        logit_fn = None if self.margin is None else self.margin.logit_fn
+        return self.shard.topk(features, self.weight, self.bias, k, self.chunk, logit_fn)
 
     def extra_repr(self) -> str:
         return (
             f"labels [{self.label_start}, {self.label_end}) of {self.num_labels}, in_dim={self.in_dim}, "
-            f"sample_rate={self.sample_rate}"
+            f"sample_rate={self.sample_rate}, margin={self.margin}"
         )
 
 

@@ -20,7 +20,7 @@ from xlc import data as xdata
 from xlc.backbones import backbone_input
 from xlc.config import RUNS_DIR, HeadConfig, RunConfig
 from xlc.data.location import Location, absolute, open_location
-from xlc.data.schema import FEAT_IDX, FEAT_VAL, LABELS, TEXT, DatasetMeta
+from xlc.data.schema import FEAT_IDX, FEAT_VAL, IMAGE, LABELS, TEXT, DatasetMeta
 from xlc.errors import DataError
 from xlc.heads import fit_head_inputs, needs_training_split
 from xlc.train import checkpoint as ckpt
@@ -142,8 +142,9 @@ def fit_inputs(cfg: RunConfig) -> dict:
 
 
 def train_columns(backbone: str) -> list[str]:
-    """The train-split columns a backbone reads: labels and sparse features, or labels and text."""
-    return [LABELS, FEAT_IDX, FEAT_VAL] if backbone_input(backbone) == "sparse" else [LABELS, TEXT]
+    """The train-split columns a backbone reads: labels and sparse features, text, or the image."""
+    return {"sparse": [LABELS, FEAT_IDX, FEAT_VAL], "text": [LABELS, TEXT], "image": [LABELS, IMAGE]}[
+        backbone_input(backbone)]
 
 
 def exact_epoch(cfg: RunConfig, rank: int, world: int, epoch: int, drop_last: bool) -> Iterator[pa.Table]:

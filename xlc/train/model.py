@@ -47,8 +47,8 @@ def build_model(cfg: RunConfig, meta: DatasetMeta, head_inputs: dict | None = No
                 ) -> tuple[Model, torch.nn.Module]:
     """(model, head) for `cfg` on `meta`'s dataset; `head_inputs` are a fitted head's constructor inputs."""
     backbone = build_backbone(
-        cfg.backbone.name, num_features=meta.num_features, text=meta.text, hidden=cfg.backbone.hidden,
-        dropout=cfg.backbone.dropout, **cfg.backbone.options,
+        cfg.backbone.name, num_features=meta.num_features, text=meta.text, image=meta.image,
+        hidden=cfg.backbone.hidden, dropout=cfg.backbone.dropout, **cfg.backbone.options,
     )
     head = build_head(cfg.head.name, meta.num_labels, backbone.out_dim, **head_options(cfg, meta), **(head_inputs or {}))
     return Model(backbone, None if isinstance(head, ShardedHead) else head), head
@@ -70,8 +70,8 @@ def check_model(cfg: RunConfig, meta: DatasetMeta) -> None:
     with torch.device("meta"):
         try:
             in_dim = build_backbone(
-                cfg.backbone.name, num_features=meta.num_features, text=meta.text, hidden=cfg.backbone.hidden,
-                dropout=cfg.backbone.dropout, **cfg.backbone.options,
+                cfg.backbone.name, num_features=meta.num_features, text=meta.text, image=meta.image,
+                hidden=cfg.backbone.hidden, dropout=cfg.backbone.dropout, **cfg.backbone.options,
             ).out_dim
         except (TypeError, ValueError, RuntimeError) as e:  # ConfigError included
             errors.append(_field_message("backbone", cfg.backbone.name, e))

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from xlc import config as xconfig
@@ -68,3 +69,15 @@ def evaluate_checkpoint(directory: Path, data_dir: str | None = None) -> dict[st
     inv_prop = inv_propensity(counts, meta.num_train, a=cfg.eval.psp_a, b=cfg.eval.psp_b)
     return evaluate(data_dir, meta, model, head, torch.device("cpu"), ks=cfg.eval.k,
                     batch_size=cfg.train.batch_size, inv_prop=inv_prop, max_rows=None, train_counts=counts)
+
+
+@torch.no_grad()
+def embed_split(model, data_dir: str, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, d] float32, first label [N]) of a split, through the model's backbone in eval mode."""
+    feats, labels = [], []
+    multi_label = xdata.read_meta(data_dir).multi_label
+    for batch in xdata.iter_batches(data_dir, split, batch_size):
+        feats.append(model(batch).float().numpy())
+        labels.append((batch.targets[:, 0] if multi_label else batch.targets).numpy())
+    return np.concatenate(feats), np.concatenate(labels)
+

@@ -21,7 +21,7 @@ SHUFFLE_BATCHES = 8  # local shuffle buffer, in batches
 
 
 def read_train(data_dir: str | Path | Location, backbone: str = "mlp") -> ray.data.Dataset:
-    """The train split as a lazy Ray Dataset of the columns `backbone` reads (sparse features, or text)."""
+    """The train split as a lazy Ray Dataset of the columns `backbone` reads (sparse features, text or image)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the driver prints its own progress
     # Parquet through Ray Data's V1 datasource: V2 first lists the files in a task of its own, which delays every
