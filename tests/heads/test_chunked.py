@@ -265,6 +265,7 @@ needs_compiler = pytest.mark.skipif(
 
 
 @needs_compiler
+@pytest.mark.slow  # torch.compile on the CPU: ~30 s cold for the first case
 @pytest.mark.parametrize("kind,targets,red", CASES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_passes_match_full_reference(monkeypatch, kind, targets, red, bias):
@@ -285,6 +286,7 @@ def test_fused_passes_match_full_reference(monkeypatch, kind, targets, red, bias
 
 
 @needs_compiler
+@pytest.mark.slow  # torch.compile on the CPU
 def test_fused_bfloat16_matches_the_eager_path(monkeypatch):
     x, w, b = (t.float() for t in _inputs(batch=8, labels=300, dim=16))
     targets = torch.arange(8) * 37
