@@ -4,8 +4,9 @@ One process by default; under `torchrun --nproc_per_node N -m xlc.cli train CONF
 process (RANK, WORLD_SIZE, LOCAL_RANK from the launcher; gloo on CPU, nccl on GPU). Each rank reads the
 train split's Parquet files itself (`xlc.data.iter_tables`: batch i of a seeded per-epoch shuffle goes to
 rank i % world), checkpoints go to `storage.path/NAME/checkpoint_NNNNNN` (the `storage.keep` newest are
-kept; the same name again resumes from the newest valid one, `--restart` deletes them and starts over), and
-rank 0 logs to MLflow when it is installed (without it, training, evaluation and checkpoints run as usual and tracking is off).
+kept, and with `storage.keep_best` a copy of the best; the same name again resumes from the newest valid one,
+`--restart` deletes them and starts over), and rank 0 logs to MLflow when it is installed (without it,
+training, evaluation and checkpoints run as usual and tracking is off).
 Nothing here imports Ray.
 """
 
@@ -25,8 +26,8 @@ from xlc.config import RunConfig
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
 from xlc.train import checkpoint as ckpt
-from xlc.train.driver import (exact_epoch, fit_inputs, prepare, reported, resume_point, run_dir, start_over,
-                              storage_path)
+from xlc.train.driver import (exact_epoch, fit_inputs, keep_best, prepare, reported, resume_point, run_dir,
+                              start_over, storage_path)
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
@@ -61,6 +62,7 @@ class LocalRuntime:
         barrier()
         if self.rank == 0:
             partial.rename(final)
+            keep_best(self.cfg, final)
             ckpt.prune(self.root, self.cfg.storage.keep)
 
 
