@@ -50,6 +50,12 @@ def test_int_accepted_where_float_expected(tmp_path):
         (["eval.k=[]"], "eval.k=[]: must be a non-empty list"),
         (["nonsense=1"], "nonsense: unknown key; allowed: name, data"),
         (["name=../escape"], "name='../escape': use letters, digits"),
+        (["storage.keep_best=p@2"],
+         "storage.keep_best='p@2': expected a metric the evaluation reports at eval.k=[1, 3, 5]: p@1, p@3, p@5, "
+         "ndcg@1, ndcg@3, ndcg@5, psp@1, psp@3, psp@5, acc"),
+        (["storage.keep_best=acc", "storage.path=s3://bucket/runs"],
+         "storage.keep_best='acc': needs storage.path on a filesystem (local or shared), not 's3://"),
+        (["storage.keep_best_order=best"], "storage.keep_best_order='best': expected one of max, min"),
     ],
 )
 def test_bad_fields_are_named(tmp_path, override, fragment):

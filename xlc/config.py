@@ -21,6 +21,7 @@ from xlc.errors import ConfigError
 
 RUNS_DIR = Path("xlc-runs")  # the local MLflow store and the default checkpoint storage
 DATA_ORDERS = ("exact", "stream")  # train.data_order
+BEST_ORDERS = ("max", "min")  # storage.keep_best_order
 
 
 @dataclass
@@ -87,7 +88,11 @@ class StorageConfig:
     # checkpoint storage: a path (shared by every node on a cluster) or a pyarrow.fs URI (s3://bucket/prefix;
     # not with --local); None: ./xlc-runs/checkpoints
     path: str | None = None
-    keep: int = 2  # checkpoints kept per run
+    keep: int = 2  # the newest checkpoints kept per run (the resume points)
+    # also keep, as NAME/best_checkpoint_*, the checkpoint with the best value of this evaluation metric (p@k,
+    # ndcg@k, psp@k for a k of eval.k, or acc); only checkpoints written with an evaluation compete. None: off
+    keep_best: str | None = None
+    keep_best_order: str = "max"  # "max": the highest value is the best; "min": the lowest
     max_failures: int = 0  # worker-group restarts Ray attempts from the last checkpoint
 
 
@@ -264,8 +269,26 @@ def _check_values(cfg: RunConfig, errors: list[str]) -> None:
                       "expected every_steps >= 0 (0: no probes) and probe_rows >= 1")
     if cfg.train.checkpoint_every_steps < 0 or cfg.storage.max_failures < -1:
         errors.append("train.checkpoint_every_steps must be >= 0 and storage.max_failures >= -1 (-1: unlimited)")
+    _check_keep_best(cfg, errors)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.name) or ".." in cfg.name:
         errors.append(f"name={cfg.name!r}: use letters, digits, '.', '_' and '-' (it names checkpoint directories)")
+
+
+def _check_keep_best(cfg: RunConfig, errors: list[str]) -> None:
+    from xlc.eval.metrics import metric_names
+
+    if cfg.storage.keep_best_order not in BEST_ORDERS:
+        errors.append(f"storage.keep_best_order={cfg.storage.keep_best_order!r}: expected one of "
+                      f"{', '.join(BEST_ORDERS)}")
+    if cfg.storage.keep_best is None:
+        return
+    names = metric_names(cfg.eval.k)
+    if cfg.storage.keep_best not in names:
+        errors.append(f"storage.keep_best={cfg.storage.keep_best!r}: expected a metric the evaluation reports at "
+                      f"eval.k={cfg.eval.k}: {', '.join(names)}")
+    if "://" in (cfg.storage.path or ""):
+        errors.append(f"storage.keep_best={cfg.storage.keep_best!r}: needs storage.path on a filesystem (local or "
+                      f"shared), not {cfg.storage.path!r}: xlc keeps the best checkpoint beside the run's checkpoints")
 
 
 def _check_components(cfg: RunConfig, errors: list[str]) -> None:

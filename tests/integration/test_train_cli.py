@@ -7,13 +7,15 @@ from mlflow.tracking import MlflowClient
 
 from tests.helpers import last_json
 from xlc.data import read_meta
+from xlc.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.integration
 
 
 def test_train_logs_to_mlflow_then_resumes(run_config, xlc_cli, synthetic_data, learned_p1, tmp_path):
     config = run_config()
-    first = xlc_cli("train", str(config), "--json", cwd=tmp_path)
+    best = ("storage.keep_best=p@1", "storage.keep_best_order=min")  # the lowest P@1: most likely epoch 1's
+    first = xlc_cli("train", str(config), *best, "--json", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-4000:]
     result = last_json(first.stdout)
     metrics = result["metrics"]
@@ -47,8 +49,9 @@ def test_train_logs_to_mlflow_then_resumes(run_config, xlc_cli, synthetic_data, 
     epoch_steps = int(client.get_metric_history(run.info.run_id, "p_at_1")[0].step)
     assert epoch_steps == -(-(num_train // 2) // 64)  # ceil(rows per worker / batch) optimiser steps
 
-    # Same name, one more epoch: the run resumes from its epoch-1 checkpoint into the same MLflow run.
-    second = xlc_cli("train", str(config), "train.epochs=2", "--json", cwd=tmp_path)
+    # Same name, one more epoch: the run resumes from its epoch-1 checkpoint into the same MLflow run; Ray keeps
+    # the newest checkpoint (storage.keep=1) and rank 0 a copy of the best beside it.
+    second = xlc_cli("train", str(config), "train.epochs=2", "storage.keep=1", *best, "--json", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-4000:]
     resumed = last_json(second.stdout)
     assert resumed["run_id"] == result["run_id"]
@@ -58,6 +61,11 @@ def test_train_logs_to_mlflow_then_resumes(run_config, xlc_cli, synthetic_data, 
     assert steps == [epoch_steps, 2 * epoch_steps]  # epoch 2 continued the step count of epoch 1
     loss_steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
     assert loss_steps == list(range(5, 2 * epoch_steps + 1, 5))  # every log_every_steps, across the resume
+    (newest,) = ckpt.checkpoint_dirs(tmp_path / "checkpoints" / "it")
+    assert ckpt.read_state(newest)["step"] == 2 * epoch_steps
+    (kept,) = ckpt.best_dirs(tmp_path / "checkpoints" / "it")
+    worst = min(client.get_metric_history(run.info.run_id, "p_at_1"), key=lambda m: (m.value, m.step))
+    assert ckpt.verify(kept) == [] and ckpt.read_state(kept)["step"] == worst.step
 
 
 def test_user_errors_exit_2_with_one_line(run_config, xlc_main, synthetic_data, tmp_path):

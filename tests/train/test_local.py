@@ -61,9 +61,11 @@ def xlc_local(cwd: Path, *args: str, blocked=("ray",)) -> dict:
 def test_local_trains_logs_checkpoints_and_resumes(tmp_path, dataset):
     config = write_config(tmp_path, dataset, "one", schedule="cosine", warmup_steps=3)
     steps = math.ceil(read_meta(dataset).num_train / 64)
-    first = xlc_local(tmp_path, str(config))
+    # keep the checkpoint of the lowest P@1: most likely the first epoch's, whose copy then outlives it
+    best = ("storage.keep_best=p@1", "storage.keep_best_order=min")
+    first = xlc_local(tmp_path, str(config), *best)
     assert first["metrics"]["p@1"] > 0.5  # 50 labels: an untrained model scores about 0.02
-    (saved,) = sorted((tmp_path / "checkpoints" / "one").iterdir())
+    (saved,) = ckpt.checkpoint_dirs(tmp_path / "checkpoints" / "one")
     assert saved.name == "checkpoint_000001" and ckpt.verify(saved) == []
     assert ckpt.read_state(saved)["step"] == steps
 
@@ -73,13 +75,19 @@ def test_local_trains_logs_checkpoints_and_resumes(tmp_path, dataset):
     assert {"loss", "p_at_1", "system/cpu_utilization_percentage"} <= set(run.data.metrics)  # system: MLflow's
     assert run.data.params["train.schedule"] == "cosine"
 
-    # Same name, one more epoch: resumes at the saved step, in the same MLflow run; keep=1 prunes the first.
-    second = xlc_local(tmp_path, str(config), "train.epochs=2", "storage.keep=1")
+    # Same name, one more epoch: resumes at the saved step, in the same MLflow run; keep=1 prunes the first,
+    # keep_best keeps a copy of the best one (by P@1, as MLflow logged it) beside the newest.
+    second = xlc_local(tmp_path, str(config), "train.epochs=2", "storage.keep=1", *best)
     assert second["run_id"] == first["run_id"]
     assert client.get_run(first["run_id"]).data.tags["resumed_from_step"] == str(steps)
-    assert [m.step for m in client.get_metric_history(first["run_id"], "p_at_1")] == [steps, 2 * steps]
-    (saved,) = sorted((tmp_path / "checkpoints" / "one").iterdir())
+    history = client.get_metric_history(first["run_id"], "p_at_1")
+    assert [m.step for m in history] == [steps, 2 * steps]
+    (saved,) = ckpt.checkpoint_dirs(tmp_path / "checkpoints" / "one")
     assert saved.name == "checkpoint_000002" and ckpt.read_state(saved)["step"] == 2 * steps
+    (kept,) = ckpt.best_dirs(tmp_path / "checkpoints" / "one")  # beside the newest: a copy of the best
+    worst = min(history, key=lambda m: (m.value, m.step))  # the first to reach the lowest P@1
+    assert ckpt.verify(kept) == [] and ckpt.read_state(kept)["step"] == worst.step
+    assert ckpt.read_state(kept)["metrics"]["p@1"] == pytest.approx(worst.value)
     engine = torch.load(saved / ckpt.ENGINE_MODULE_FILE, map_location="cpu", weights_only=False)
     assert engine["global_steps"] == engine["lr_scheduler"]["last_epoch"] == 2 * steps  # the schedule continued
 

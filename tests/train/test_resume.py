@@ -1,6 +1,7 @@
 """Where `xlc train` resumes from: the newest checkpoint of the run directory that verifies, whether or not Ray
-recorded it, on the local filesystem or an object store (moto's S3 server); what pruning keeps. Checkpoints here
-are state.json + manifests, all a resume point needs."""
+recorded it, on the local filesystem or an object store (moto's S3 server); what pruning keeps, and
+`storage.keep_best`'s copy of the best checkpoint. Checkpoints here are state.json + manifests, all a resume
+point needs."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from xlc.train import checkpoint as ckpt
 from xlc.train.driver import RAY_SNAPSHOT, prune_unrecorded, recorded_by_ray, restored, resume_point
 
 
-def _checkpoint(run: Path, second: int, manifests: int = 1) -> Path:
-    """A checkpoint named as Ray names them (by time), written by rank 0 of `manifests` ranks."""
+def _checkpoint(run: Path, second: int, manifests: int = 1, metrics: dict | None = None) -> Path:
+    """A checkpoint named as Ray names them (by time), written by rank 0 of `manifests` ranks, with the metrics
+    reported with it."""
     directory = run / f"checkpoint_2030-01-01_00-00-{second:02d}.000000"
     directory.mkdir(parents=True)
-    ckpt.write_manifest(directory, 0, [ckpt.write_state(directory, {"step": second, "manifests": manifests})])
+    state = {"step": second, "manifests": manifests, "metrics": metrics or {"step": second}}
+    ckpt.write_manifest(directory, 0, [ckpt.write_state(directory, state)])
     return directory
 
 
@@ -69,3 +72,37 @@ def test_on_an_object_store_the_listing_chooses_and_only_the_chosen_checkpoint_i
             pass
     prune_unrecorded(run, keep=1)  # Ray recorded none of them
     assert ckpt.checkpoint_dirs(run) == [newest]
+
+
+@pytest.mark.parametrize(("value", "best", "order", "beats"), [
+    (None, None, "max", False),  # a checkpoint without the metric (written between evaluations) never competes
+    (float("nan"), None, "max", False),
+    (0.3, None, "max", True),  # the first evaluated checkpoint is the best so far
+    (0.5, 0.5, "max", False),  # a tie keeps the first to reach the value
+    (0.6, 0.5, "max", True), (0.4, 0.5, "max", False),
+    (0.4, 0.5, "min", True), (0.6, 0.5, "min", False),
+])
+def test_what_beats_the_kept_best(value, best, order, beats):
+    assert ckpt.beats(value, best, order) is beats
+
+
+def test_the_newest_checkpoints_and_a_linked_copy_of_the_best_are_kept(tmp_path):
+    """As a run checkpoints (every step, evaluating every other), `storage.keep: 2` and `keep_best: p@1`."""
+    run = tmp_path / "run"
+    scores = [None, 0.3, None, 0.5, None, 0.4, None, 0.5]  # the second 0.5 ties: the first keeps its place
+    written = []
+    for second, score in enumerate(scores):
+        written.append(_checkpoint(run, second, metrics=None if score is None else {"p@1": score, "step": second}))
+        ckpt.keep_best(written[-1], "p@1", "max")
+        ckpt.prune(run, keep=2)
+    (best,) = ckpt.best_dirs(run)
+    assert best.name == f"best_{written[3].name}" and ckpt.verify(best) == []
+    kept = [Path(c) for c in ckpt.checkpoint_dirs(run)]
+    assert kept == written[-2:] and Path(resume_point(run)) == written[-1]  # a copy, no resume point
+    assert not list(run.glob(".*"))  # no temporary copy left
+
+    ckpt.keep_best(_checkpoint(run, 9, metrics={"p@1": 0.9}), "p@1", "max")
+    (best,) = ckpt.best_dirs(run)  # replaced, the older copy deleted
+    assert best.name == f"best_{ckpt.checkpoint_dirs(run)[-1].name}"
+    state = Path(ckpt.checkpoint_dirs(run)[-1]) / ckpt.STATE_FILE
+    assert (best / ckpt.STATE_FILE).stat().st_ino == state.stat().st_ino  # a hard link: no second copy on disk

@@ -56,9 +56,10 @@ def test_schedule_and_clipping_values_are_checked_at_load():
     assert "train.data_order='random': expected one of exact, stream" in lines
 
 
-def test_deepspeed_json_may_not_set_its_own_schedule_or_clipping(tmp_path):
+def test_deepspeed_json_may_not_set_its_own_schedule_clipping_or_universal_loading(tmp_path):
     path = tmp_path / "ds.json"
-    for extra, field in (({"gradient_clipping": 0.5}, "gradient_clipping=0.5"), ({"scheduler": {}}, "scheduler")):
+    for extra, field in (({"gradient_clipping": 0.5}, "gradient_clipping=0.5"), ({"scheduler": {}}, "scheduler"),
+                         ({"checkpoint": {"load_universal": True}}, "remove checkpoint.load_universal")):
         path.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", **extra}))
         with pytest.raises(ConfigError, match=field):
             xengine.deepspeed_config(str(path), batch_size=8, lr=1e-3, weight_decay=0.0, clip_grad_norm=1.0)

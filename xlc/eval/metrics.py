@@ -150,6 +150,11 @@ def accuracy(pred, truth) -> float:
     return precision_at_k(pred, truth, 1)
 
 
+def metric_names(ks: Sequence[int]) -> list[str]:
+    """The names `RankingMetrics.compute` reports when given propensities, as a run's evaluation does."""
+    return [f"{name}@{k}" for name in ("p", "ndcg", "psp") for k in sorted(set(ks))] + ["acc"]
+
+
 class RankingMetrics:
     """Streaming P@k, nDCG@k, PSP@k (when `inv_propensity` is given) and accuracy over batches.
 

@@ -6,12 +6,15 @@ Layout of one checkpoint directory (each rank writes its own files; Ray merges t
     head_inputs.pt          a fitted head's constructor inputs (rank 0; `xlc.heads.FittedHead`)
     optimizer_sparse.pt     SparseAdam state of the sparse-gradient embedding tables (rank 0; replicated)
     rng_{r}.pt              rank r's random generator states (restored on a resume at the same world size)
-    state.json              `Progress`, world size, the run config, how many manifests to expect (rank 0)
+    state.json              `Progress`, world size, ZeRO stage, the run config, the metrics reported with the
+                            checkpoint, how many manifests to expect (rank 0)
     manifest_{r}.json       sha256 + size of every file rank r wrote
 A checkpoint verifies when manifest_0 and every manifest state.json counts are there and every file they
 list has its size and checksum; a resume takes the newest checkpoint of the run directory that verifies. A run
 directory is a local path or any `xlc.data.location` URI (s3://...): listing, verification and pruning go
 through pyarrow.fs, and only the checkpoint a resume takes is downloaded (`fetch_newest`).
+Beside the checkpoint_* directories, `keep_best` keeps a copy of the one with the best metric (best_checkpoint_*;
+a filesystem run directory only).
 A `xlc.heads.ShardedHead` names its label-dimension state entries in `label_sharded`; on load the rows of
 the new range [start, end) are cut from whichever saved shards cover them, so a run saved on 2
 workers resumes on 1 or 3 with identical logits. Files load with `weights_only=True` (DeepSpeed's too:
@@ -24,6 +27,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import pickle
 import shutil
@@ -42,6 +46,7 @@ from xlc.heads import ShardedHead
 
 STATE_FILE = "state.json"
 PREFIX = "checkpoint_"
+BEST = "best_"  # `keep_best`'s copy of the best checkpoint: best_checkpoint_*
 HEAD_INPUTS_FILE = "head_inputs.pt"
 
 
@@ -338,6 +343,44 @@ def prune(run_dir: str | Path | Location, keep: int, spare: Collection[str] = ()
     for directory in checkpoint_dirs(run_dir)[:-keep]:
         if directory.name not in spare:
             directory.delete()
+
+
+def best_dirs(run_dir: str | Path) -> list[Path]:
+    """The best_checkpoint_* copies of a run (`keep_best`), oldest first (one, but for a stop mid-replacement)."""
+    return sorted(p for p in Path(run_dir).glob(f"{BEST}{PREFIX}*") if p.is_dir())
+
+
+def beats(value: float | None, best: float | None, order: str) -> bool:
+    """Whether a checkpoint's metric `value` (None: it has none) takes the place of the kept `best` (None: none
+    kept yet) under `order` "max" or "min": strictly better only, so the first to reach a value keeps its place;
+    NaN never competes."""
+    if value is None or math.isnan(value):
+        return False
+    return best is None or (value > best if order == "max" else value < best)
+
+
+def keep_best(checkpoint: Path, metric: str, order: str) -> None:
+    """Keep `checkpoint` as `best_{its name}` beside it when its state.json's metrics hold `metric` and the value
+    `beats` the kept best's, then delete the older best. The copy is written under a temporary name and renamed,
+    so a best is always there; its files are hard links where the filesystem allows (no second copy while the
+    checkpoint itself is kept), else copies."""
+    held = best_dirs(checkpoint.parent)
+    value = read_state(checkpoint).get("metrics", {}).get(metric)
+    if not beats(value, read_state(held[-1]).get("metrics", {}).get(metric) if held else None, order):
+        return
+    partial = checkpoint.with_name(f".{BEST}{checkpoint.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a run stopped mid-copy
+    shutil.copytree(checkpoint, partial, copy_function=_link_or_copy)
+    partial.rename(checkpoint.with_name(f"{BEST}{checkpoint.name}"))
+    for old in held:
+        shutil.rmtree(old)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(source, target)
 
 
 # ---------------------------------------------------------------- label-sharded heads

@@ -127,6 +127,13 @@ def prune_unrecorded(run: str | Path | Location, keep: int, resume: Location | N
     ckpt.prune(run, keep, spare=recorded_by_ray(run) | ({resume.name} if resume else set()))
 
 
+def keep_best(cfg: RunConfig, checkpoint: Path) -> None:
+    """`storage.keep_best`: keep `checkpoint` (complete: every rank's files) as the run's best when it beats the
+    one kept (`checkpoint.keep_best`)."""
+    if cfg.storage.keep_best is not None:
+        ckpt.keep_best(checkpoint, cfg.storage.keep_best, cfg.storage.keep_best_order)
+
+
 def start_over(cfg: RunConfig) -> None:
     """`--restart`: delete the run's checkpoints (with what Ray recorded of them), so it trains from step 0."""
     run_dir(cfg).delete()

@@ -29,7 +29,8 @@ def deepspeed_config(path: str | None, *, batch_size: int, lr: float, weight_dec
                      clip_grad_norm: float | None) -> dict:
     """The DeepSpeed JSON at `path` (its "auto" values filled in from the run config), or the default ZeRO-0
     fp32 config. The schedule and clipping belong to the run config (`train.schedule`, `train.clip_grad_norm`),
-    so a JSON that sets a `scheduler`, or a `gradient_clipping` other than the run's, is refused."""
+    so a JSON that sets a `scheduler`, or a `gradient_clipping` other than the run's, is refused; so is
+    `checkpoint.load_universal`, which the resume sets itself (`xlc.train.persist`)."""
     clipping = clip_grad_norm or 0.0  # DeepSpeed: 0 = no clipping
     if path is None:
         return {
@@ -48,6 +49,9 @@ def deepspeed_config(path: str | None, *, batch_size: int, lr: float, weight_dec
     if "scheduler" in cfg:
         raise ConfigError(f"deepspeed={path!r}: remove its \"scheduler\"; set train.schedule and train.warmup_steps "
                           "instead (one schedule drives the engine and the optimisers outside it)")
+    if (cfg.get("checkpoint") or {}).get("load_universal"):
+        raise ConfigError(f"deepspeed={path!r}: remove checkpoint.load_universal; xlc converts a checkpoint to "
+                          "DeepSpeed's universal form and loads it so when the worker count changes")
     if cfg.get("gradient_clipping", "auto") not in ("auto", clipping):
         raise ConfigError(f"deepspeed={path!r} sets gradient_clipping={cfg['gradient_clipping']} but "
                           f"train.clip_grad_norm={clip_grad_norm}; set it in one place (\"auto\" in the JSON)")

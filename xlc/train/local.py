@@ -4,10 +4,11 @@ One process by default; under `torchrun --nproc_per_node N -m xlc.cli train CONF
 process (RANK, WORLD_SIZE, LOCAL_RANK from the launcher; gloo on CPU, nccl on GPU). Each rank reads the
 train split's Parquet files itself (`xlc.data.iter_tables`: batch i of a seeded per-epoch shuffle goes to
 rank i % world), checkpoints go to `storage.path/NAME/checkpoint_NNNNNN` (the `storage.keep` newest are
-kept; the same name again resumes from the newest valid one, `--restart` deletes them and starts over), and
-rank 0 logs to MLflow when it is installed (without it, training, evaluation and checkpoints run as usual and tracking is off).
-The dataset may lie behind a pyarrow.fs URI (s3://...); `storage.path` must be a filesystem path (a checkpoint
-is renamed into place when every rank has written it), so an object store there exits 2.
+kept, and with `storage.keep_best` a copy of the best; the same name again resumes from the newest valid one,
+`--restart` deletes them and starts over), and rank 0 logs to MLflow when it is installed (without it,
+training, evaluation and checkpoints run as usual and tracking is off). The dataset may lie behind a pyarrow.fs
+URI (s3://...); `storage.path` must be a filesystem path (a checkpoint is renamed into place when every rank
+has written it), so an object store there exits 2.
 Nothing here imports Ray.
 """
 
@@ -27,7 +28,8 @@ from xlc.config import RunConfig
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
 from xlc.train import checkpoint as ckpt
-from xlc.train.driver import exact_epoch, fit_inputs, prepare, reported, restored, resume_point, run_dir, start_over
+from xlc.train.driver import (exact_epoch, fit_inputs, keep_best, prepare, reported, restored, resume_point,
+                              run_dir, start_over)
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
@@ -61,6 +63,7 @@ class LocalRuntime:
         barrier()
         if self.rank == 0:
             partial.rename(final)
+            keep_best(self.cfg, final)
             ckpt.prune(self.root, self.cfg.storage.keep)
 
 

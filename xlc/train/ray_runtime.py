@@ -3,7 +3,8 @@
 Rank and device from the Ray Train context; batches read by each worker in the (seed, epoch) order of
 `data_order: exact` (`driver.exact_epoch`, as `--local` reads them), or from its split of the Ray Data stream
 (`stream.py`, `data_order: stream`); checkpoints saved by `ray.train.report` (each worker writes into a
-directory of its own, Ray merges them under `storage_path/name`, uploading them to an object store) and
+directory of its own, Ray merges them under `storage_path/name`, uploading them to an object store; Ray
+deletes all but the `storage.keep` newest, and rank 0 keeps a copy of the best with `storage.keep_best`) and
 restored from the newest one there that verifies (`driver.restored`: listed through pyarrow.fs, so also one
 Ray had not recorded when the run stopped; from an object store, downloaded).
 """
@@ -24,7 +25,7 @@ from xlc.config import RunConfig
 from xlc.data.location import Location
 from xlc.tracking import RunLogger
 from xlc.train import stream
-from xlc.train.driver import exact_epoch, restored
+from xlc.train.driver import exact_epoch, keep_best, restored
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
@@ -59,6 +60,10 @@ class RayRuntime:
             write(Path(tmp))
             barrier()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if self.cfg.storage.keep_best is not None:
+            barrier()  # every rank's files are in the checkpoint Ray persisted (a filesystem path: config.py)
+            if self.rank == 0:
+                keep_best(self.cfg, Path(ray.train.get_checkpoint().path))
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

@@ -25,11 +25,10 @@ import torch.distributed as dist
 
 from xlc import data as xdata
 from xlc.config import RunConfig
-from xlc.errors import ConfigError
 from xlc.eval.metrics import inv_propensity
 from xlc.heads import ShardedHead
-from xlc.train import checkpoint as ckpt
 from xlc.train import engine as xengine
+from xlc.train import persist
 from xlc.train.checkpoint import Progress
 from xlc.heads.scored import classifier_rows
 from xlc.train.evaluation import all_reduce, collapse_metrics, evaluate, peak_memory_bytes
@@ -75,31 +74,19 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         accumulation=xengine.accumulation_steps(ds_config), max_steps=cfg.train.max_steps,
     ))
     head_parameters = parameter_count(head)  # before the engine: ZeRO-3 leaves each rank a partition
-    trainer = Step(model, head, ds_config, lr=cfg.train.lr, head_lr=cfg.train.head_lr or cfg.train.lr,
-                   weight_decay=cfg.train.weight_decay, world=world, multiplier=multiplier,
-                   clip_head=cfg.train.clip_grad_norm)
+
+    # ---- the engine, and the newest valid checkpoint loaded into it if the runtime has one (on another worker
+    # count at ZeRO 1-3 the engine is built to read DeepSpeed's universal form of it: `persist.py`)
+    progress = Progress()
+    with runtime.restored() as directory:
+        trainer = Step(model, head, persist.engine_config(ds_config, directory, world), lr=cfg.train.lr,
+                       head_lr=cfg.train.head_lr or cfg.train.lr, weight_decay=cfg.train.weight_decay, world=world,
+                       multiplier=multiplier, clip_head=cfg.train.clip_grad_norm)
+        if directory is not None:
+            progress = persist.restore(directory, trainer, rank, world)
     engine = trainer.engine
     if sharded:  # every rank holds its own shard
         head_parameters = int(all_reduce(torch.tensor(head_parameters, device=device)))
-
-    # ---- resume from the newest valid checkpoint, if the runtime has one
-    progress = Progress()
-    with runtime.restored() as directory:
-        if directory is not None:
-            state = ckpt.read_state(directory)
-            if state["world_size"] != world and xengine.zero_stage(ds_config) > 0:
-                raise ConfigError(
-                    f"workers={world}: the checkpoint was written by {state['world_size']} workers with ZeRO "
-                    f"stage {xengine.zero_stage(ds_config)}; resuming on another worker count needs stage 0"
-                )
-            xengine.load_checkpoint(engine, directory, tag="engine")  # + the lr schedule; weights only
-            if sharded:
-                ckpt.load_head_shard(directory, head, trainer.head_opt)
-            if trainer.sparse_opt is not None:
-                ckpt.load_optimizer(directory, "sparse", trainer.sparse_opt)
-            if state["world_size"] == world:  # on another world size the draws are another run's anyway
-                ckpt.load_rng(directory, rank)
-            progress = Progress.from_state(state)
 
     logger = runtime.logger
     if logger is not None:
@@ -107,21 +94,10 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
     train_counts = torch.from_numpy(xdata.label_counts(cfg.data))
     inv_prop = inv_propensity(train_counts, meta.num_train, a=cfg.eval.psp_a, b=cfg.eval.psp_b)
 
-    def write_checkpoint(directory: Path) -> None:
-        """This rank's files of one checkpoint, and its manifest."""
-        engine.save_checkpoint(str(directory), tag="engine", save_latest=False)
-        written = ckpt.engine_files(directory / "engine", rank)  # DeepSpeed decides which rank writes what
-        written.append(ckpt.save_rng(directory, rank))
-        if sharded:
-            written.append(ckpt.save_head_shard(directory, head, trainer.head_opt, rank))
-        if rank == 0 and trainer.sparse_opt is not None:  # replicated: every rank holds the same state
-            written.append(ckpt.save_optimizer(directory, "sparse", trainer.sparse_opt))
-        if rank == 0 and head_inputs:
-            written.append(ckpt.save_head_inputs(directory, head_inputs))
-        if rank == 0:
-            written.append(ckpt.write_state(directory, {**vars(progress), "world_size": world, "manifests": world,
-                                                       "config": cfg.to_dict()}))
-        ckpt.write_manifest(directory, rank, sorted(set(written)))
+    def checkpoint(metrics: dict) -> Callable[[Path], None]:
+        """What every rank writes of one checkpoint (with `metrics`, for `storage.keep_best`)."""
+        state = {**vars(progress), "config": cfg.to_dict(), "metrics": metrics}
+        return lambda directory: persist.save(directory, trainer, rank, world, state, head_inputs)
 
     def scores(max_rows: int | None) -> dict:
         return evaluate(
@@ -171,7 +147,8 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
             if cfg.train.checkpoint_every_steps and progress.step % cfg.train.checkpoint_every_steps == 0:
                 progress.train_seconds += time.perf_counter() - tic
                 tic = time.perf_counter()
-                runtime.report({"step": progress.step, "epoch": progress.epoch}, write_checkpoint)
+                marks = {"step": progress.step, "epoch": progress.epoch}
+                runtime.report(marks, checkpoint(marks))
             if cfg.eval.every_steps and progress.step % cfg.eval.every_steps == 0:
                 progress.train_seconds += time.perf_counter() - tic  # the probe's own time is not training
                 probe = scores(cfg.eval.probe_rows)
@@ -187,7 +164,7 @@ def train_loop(cfg: RunConfig, runtime: Runtime, head_inputs: dict) -> dict:
         metrics = eval_metrics()
         if logger is not None:
             logger.metrics({k: v for k, v in metrics.items() if k not in ("epoch", "step")}, progress.step)
-        runtime.report(metrics, write_checkpoint)
+        runtime.report(metrics, checkpoint(metrics))
 
     if not metrics:  # resumed a run that had already finished: report its evaluation again
         metrics = eval_metrics()
