@@ -84,6 +84,7 @@ class TrackingConfig:
 @dataclass
 class StorageConfig:
     path: str | None = None  # checkpoint storage (shared FS or s3:// on clusters); None: ./xlc-runs/checkpoints
+    shared: bool = False  # `path` is a filesystem every node mounts there (NFS): allowed on a multi-node cluster
     keep: int = 2  # checkpoints kept per run
     max_failures: int = 0  # worker-group restarts Ray attempts from the last checkpoint
 

@@ -25,8 +25,8 @@ from xlc.config import RunConfig
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
 from xlc.train import checkpoint as ckpt
-from xlc.train.driver import (exact_epoch, fit_inputs, prepare, reported, resume_point, run_dir, start_over,
-                              storage_path)
+from xlc.train.driver import (check_shared_storage, exact_epoch, fit_inputs, prepare, reported, resume_point,
+                              run_dir, start_over, storage_path)
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
@@ -98,6 +98,7 @@ def train(cfg: RunConfig, restart: bool = False) -> dict | None:
     """Run (or resume; `restart`: start over from step 0) `cfg` on this process's rank: {"run_id" (None when
     tracking is off), "metrics"} on rank 0, None on the other ranks."""
     cfg, meta = prepare(cfg)
+    check_shared_storage(cfg, int(os.environ.get("GROUP_WORLD_SIZE", 1)))  # torchrun: its agents, one per node
     if not restart:
         resume_point(run_dir(cfg))  # every checkpoint corrupt: exit 2 now, not a silent restart from step 0
     rank, world, device = init_distributed(cfg.use_gpu)
