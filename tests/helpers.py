@@ -204,3 +204,38 @@ def ray_node(head: dict, name: str, num_cpus: int = 1, attempts: int = 3) -> Ite
             yield {"node_id": node.node_id, "kill": lambda: kill_tree(root, temp_dir)}
             return
 
+
+@contextlib.contextmanager
+def xlc_ui(cwd: Path, *args: str, timeout: float = 300) -> Iterator[dict]:
+    """`xlc ui --port FREE ARGS` run from `cwd` until its /health answers (MLflow's workers start slowly on a
+    loaded machine); yields {"url": its base URL, "port", "proc"}; on exit ends the server and its workers."""
+    import signal
+    import urllib.request
+
+    (port,) = free_ports(1)
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
+    log = tempfile.TemporaryFile()  # not a pipe: a full one would stall the server, which logs every request
+    proc = subprocess.Popen([sys.executable, "-m", "xlc.cli", "ui", "--port", str(port), *args], cwd=cwd, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, body = time.monotonic() + timeout, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                body = urllib.request.urlopen(f"{url}/health", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(1)
+        if body is None:
+            log.seek(0)
+            raise AssertionError(f"xlc ui: no answer at {url}/health:\n{log.read().decode()[-3000:]}")
+        assert body.strip() == b"OK"
+        yield {"url": url, "port": port, "proc": proc}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server, its uvicorn workers and its job runner's consumers
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):  # what is left: shutting down can take a minute or more
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        log.close()
