@@ -1,20 +1,21 @@
 """`xlc submit` to a Ray cluster of two nodes on 127.0.0.1 (a head and one more node: separate raylets, object
-stores and agents, one CPU each, so the two training workers land one per node). A local-disk `storage.path`
-is refused (exit 2 with the reason) by `xlc submit` and by the job's driver; declared shared, the run trains on
-both nodes, survives losing the second node mid-run (SIGKILL to its whole process tree), and resumes from its
-newest checkpoint on a replacement node, as an autoscaler would bring one, to completion."""
+stores and agents, one CPU each, so the two training workers land one per node; tests/ray_cluster.py). A
+local-disk `storage.path` is refused (exit 2 with the reason) by `xlc submit` and by the job's driver; declared
+shared, the run trains on both nodes, survives losing the second node mid-run (SIGKILL to all its processes),
+and resumes from its newest checkpoint on a replacement node, as an autoscaler would bring one, to completion."""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from launch.submit import alive_nodes, build_job, job_client, state_client
-from tests.helpers import ray_head, ray_node
+from launch.submit import build_job, job_client, state_client
+from tests.helpers import RayCluster, ray_cluster
 from xlc.cli import main
 from xlc.train import checkpoint as ckpt
 
@@ -36,10 +37,10 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """The head and a second node ("node2"), one CPU each. The last test of the module kills node2."""
-    with ray_head(num_cpus=1) as head, ray_node(head, "node2", num_cpus=1) as node2:
-        yield head, node2
+def cluster() -> Iterator[tuple[RayCluster, str]]:
+    """The cluster and the node id of its second node ("node2"); one CPU each. The module's last test kills node2."""
+    with ray_cluster(head_cpus=1) as cluster:
+        yield cluster, cluster.add("node2", num_cpus=1)
 
 
 def _overrides(name: str, data: Path, storage: Path, *extra: str) -> list[str]:
@@ -84,27 +85,27 @@ def _worker_nodes(dashboard: str) -> list[str]:
 def test_a_local_disk_on_two_nodes_exits_2_with_the_reason(cluster, data, tmp_path, capsys):
     """`xlc submit` refuses before uploading anything; a job submitted past it (`ray job submit`, KubeRay) is
     refused by its driver with the same line, before MLflow or any worker starts."""
-    head, _ = cluster
+    dashboard = cluster[0].dashboard
     overrides = _overrides("local-disk", data, tmp_path / "ckpt")
-    status, out, err = _submit(capsys, EXAMPLE, "--address", head["dashboard"], "--working-dir", str(ROOT),
+    status, out, err = _submit(capsys, EXAMPLE, "--address", dashboard, "--working-dir", str(ROOT),
                                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *overrides)
     reason = f"storage.path={tmp_path / 'ckpt'}: a local disk, but the cluster has 2 nodes"
     assert status == 2 and err.startswith(f"error: {reason}") and err.count("\n") == 1, err
     assert "storage.shared=true" in err and "submitted job" not in out
-    assert not any(j.metadata.get("xlc_run") == "local-disk" for j in job_client(head["dashboard"]).list_jobs())
+    assert not any(j.metadata.get("xlc_run") == "local-disk" for j in job_client(dashboard).list_jobs())
 
     job = build_job(ROOT / EXAMPLE, overrides=overrides, working_dir=ROOT)
-    job_id = job_client(head["dashboard"]).submit_job(**job)
-    logs = _wait(head["dashboard"], job_id, timeout=300)
-    info = job_client(head["dashboard"]).get_job_info(job_id)
+    job_id = job_client(dashboard).submit_job(**job)
+    logs = _wait(dashboard, job_id, timeout=300)
+    info = job_client(dashboard).get_job_info(job_id)
     assert info.status == "FAILED" and "exit code 2" in info.message, (info.message, logs[-3000:])
     assert f"error: {reason}" in logs and "Traceback" not in logs, logs[-3000:]
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def test_workers_on_both_nodes_lose_one_and_resume_to_completion(cluster, data, tmp_path, capsys):
-    head, node2 = cluster
-    dashboard, uri = head["dashboard"], f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cluster, node2 = cluster
+    dashboard, uri = cluster.dashboard, f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "ckpt"  # one machine's disk, so physically shared: declared so
     status, out, err = _submit(capsys, EXAMPLE, "--address", dashboard, "--working-dir", str(ROOT),
                                "--tracking-uri", uri,
@@ -116,17 +117,22 @@ def test_workers_on_both_nodes_lose_one_and_resume_to_completion(cluster, data, 
     step = re.compile(rf"\[two-nodes\] epoch \d+/{EPOCHS} step (\d+) loss")
     logs = _wait(dashboard, job_id, lambda logs: max(map(int, step.findall(logs)), default=0) > EVERY
                  and ckpt.newest_valid(storage / "two-nodes") is not None)
-    head_id = next(n.node_id for n in alive_nodes(dashboard) if n.is_head_node)
-    assert _worker_nodes(dashboard) == sorted([head_id, node2["node_id"]]), logs[-3000:]
+    assert _worker_nodes(dashboard) == sorted([cluster.head, node2]), logs[-3000:]
     killed_at = max(map(int, step.findall(logs)))
     assert killed_at < STEPS - EVERY, f"the run got to step {killed_at} before the kill"
-    node2["kill"]()
+    cluster.kill(node2)
 
-    with ray_node(head, "node3", num_cpus=1) as node3:  # the replacement; the worker group restarts on it
-        _wait(dashboard, job_id, lambda logs: node3["node_id"] in _worker_nodes(dashboard))
-        assert _worker_nodes(dashboard) == sorted([head_id, node3["node_id"]])
-        logs = _wait(dashboard, job_id)
-        assert job_client(dashboard).get_job_status(job_id) == "SUCCEEDED", logs[-5000:]
+    node3 = cluster.add("node3", num_cpus=1)  # the replacement; Ray Train restarts the worker group on it
+    placed: list[str] = []
+
+    def replaced(logs: str) -> bool:  # workers come and go while Ray Train notices the loss and restarts them
+        placed[:] = _worker_nodes(dashboard)
+        return placed == sorted([cluster.head, node3])
+
+    _wait(dashboard, job_id, replaced)
+    assert placed == sorted([cluster.head, node3]), (placed, job_client(dashboard).get_job_logs(job_id)[-3000:])
+    logs = _wait(dashboard, job_id)
+    assert job_client(dashboard).get_job_status(job_id) == "SUCCEEDED", logs[-5000:]
     mlflow = MlflowClient(uri)
     run = mlflow.search_runs([mlflow.get_experiment_by_name("icd10cm").experiment_id],  # the example's experiment
                              filter_string="attributes.run_name = 'two-nodes'")[0]
