@@ -23,12 +23,15 @@ import tomllib
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from xlc.errors import ConfigError, XlcError
 from xlc.net import check_answers
+
+if TYPE_CHECKING:
+    from xlc.config import RunConfig
 
 # gitignore syntax, relative to the working dir; "/data/" is anchored so xlc/data/ is still uploaded.
 WORKING_DIR_EXCLUDES = [
@@ -116,7 +119,16 @@ def _config_in_working_dir(config_path: str | Path, working_dir: Path) -> str:
         ) from None
 
 
-def build_job(
+def build_job(config_path: str | Path, **options) -> dict:
+    """The keyword arguments of `JobSubmissionClient.submit_job`: entrypoint, runtime_env, metadata, submission_id
+    (`options`: those of `job_and_config`).
+
+    The run config is loaded here with its overrides, so config errors surface before anything is uploaded.
+    """
+    return job_and_config(config_path, **options)[0]
+
+
+def job_and_config(
     config_path: str | Path,
     *,
     overrides: Sequence[str] = (),
@@ -124,11 +136,8 @@ def build_job(
     pip: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
     tracking_uri: str | None = None,
-) -> dict:
-    """The keyword arguments of `JobSubmissionClient.submit_job`: entrypoint, runtime_env, metadata, submission_id.
-
-    The run config is loaded here with its overrides, so config errors surface before anything is uploaded.
-    """
+) -> tuple[dict, RunConfig]:
+    """`build_job`'s job, and the run config the job will train (loaded with its overrides and checked)."""
     from xlc.config import load
 
     working_dir = Path(working_dir).resolve()
@@ -156,7 +165,7 @@ def build_job(
         "runtime_env": runtime_env,
         "metadata": {"xlc_run": cfg.name, "xlc_config": rel_config},
         "submission_id": f"xlc-{cfg.name}-{uuid.uuid4().hex[:8]}",
-    }
+    }, cfg
 
 
 def ray_job_submit_line(job: dict, address: str, working_dir: str | Path = ".") -> str:
@@ -202,6 +211,21 @@ def job_client(address: str):
     return JobSubmissionClient(address, headers=auth_headers())
 
 
+def state_client(address: str):
+    """A Ray state API client (`StateApiClient`) for the dashboard at `address`, sending the Ray auth token."""
+    from ray.util.state import StateApiClient
+
+    return StateApiClient(address, headers=auth_headers())
+
+
+def alive_nodes(address: str) -> list:
+    """The alive nodes (Ray's `NodeState` records) of the Ray cluster whose dashboard is at `address`."""
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    return state_client(address).list(StateResource.NODES, ListApiOptions(filters=[("state", "=", "ALIVE")]),
+                                      raise_on_missing_output=False)
+
+
 def follow(address: str, job_id: str, *, out=sys.stdout) -> str:
     """Stream the job's logs until it ends; return its final status (SUCCEEDED, FAILED or STOPPED)."""
     client = job_client(address)
@@ -230,8 +254,12 @@ def submit(
 
     With `no_wait=False`, stream the job's logs and raise `JobFailed` unless it ends SUCCEEDED.
     """
-    job = build_job(config_path, overrides=overrides, working_dir=working_dir, pip=pip, env=env, tracking_uri=tracking_uri)
+    job, cfg = job_and_config(config_path, overrides=overrides, working_dir=working_dir, pip=pip, env=env,
+                              tracking_uri=tracking_uri)
     check_answers(address, "--address", "the Ray dashboard URL, e.g. http://HEAD:8265")
+    from xlc.train.driver import check_shared_storage
+
+    check_shared_storage(cfg, len(alive_nodes(address)))  # as the job's driver would, before anything is uploaded
     _warn_if_untracked(job)
     job_id = job_client(address).submit_job(**job)
     print(f"submitted job {job_id}: {job['entrypoint']}")

@@ -88,6 +88,7 @@ class StorageConfig:
     # checkpoint storage: a path (shared by every node on a cluster) or a pyarrow.fs URI (s3://bucket/prefix;
     # not with --local); None: ./xlc-runs/checkpoints
     path: str | None = None
+    shared: bool = False  # `path` is a filesystem every node mounts there (NFS): allowed on a multi-node cluster
     keep: int = 2  # the newest checkpoints kept per run (the resume points)
     # also keep, as NAME/best_checkpoint_*, the checkpoint with the best value of this evaluation metric (p@k,
     # ndcg@k, psp@k for a k of eval.k, or acc); only checkpoints written with an evaluation compete. None: off

@@ -123,6 +123,7 @@ def test_kuberay_rayjob():
     config_path = ROOT / Path(argv[2]).relative_to("/home/ray/xlc")  # the Dockerfile's WORKDIR
     cfg = _load_run_config(config_path, argv[3:])
     assert cfg.use_gpu
+    assert cfg.storage.path.startswith("/mnt/xlc/") and cfg.storage.shared  # the ReadWriteMany volume, every pod
     groups = spec["rayClusterSpec"]["workerGroupSpecs"]
     gpus = sum(
         g["replicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) for g in groups

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import free_ports, last_json
+from tests.helpers import last_json, xlc_ui
 
 pytestmark = pytest.mark.integration
 
@@ -74,23 +69,7 @@ def test_compare_trains_heads_backbones_and_knn_into_one_experiment(run_config, 
 
 
 def test_ui_serves_on_loopback_then_stops(tmp_path):
-    (port,) = free_ports(1)
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
-    proc = subprocess.Popen([sys.executable, "-m", "xlc.cli", "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline, body = time.time() + 120, None
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(1)
-        assert body is not None, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no answer"
-        assert body.strip() == b"OK"
-        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    with xlc_ui(tmp_path) as ui:
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{ui['port']}"], capture_output=True, text=True).stdout
         local_addresses = [line.split()[3] for line in listening.splitlines()]
         assert local_addresses and all(a.startswith("127.0.0.1:") for a in local_addresses), listening
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and its gunicorn/uvicorn workers
-        proc.wait(timeout=30)

@@ -21,7 +21,7 @@ from xlc.backbones import backbone_input
 from xlc.config import RUNS_DIR, HeadConfig, RunConfig
 from xlc.data.location import Location, absolute, open_location
 from xlc.data.schema import FEAT_IDX, FEAT_VAL, IMAGE, LABELS, TEXT, DatasetMeta
-from xlc.errors import DataError
+from xlc.errors import ConfigError, DataError
 from xlc.heads import fit_head_inputs, needs_training_split
 from xlc.train import checkpoint as ckpt
 from xlc.train.model import check_model
@@ -75,6 +75,20 @@ def run_dir(cfg: RunConfig) -> Location:
     """The run's checkpoint directory `storage_path/name`: on a filesystem (local, or shared by a cluster's nodes)
     or an object store (s3://...)."""
     return open_location(storage_path(cfg), "storage.path") / cfg.name
+
+
+def check_shared_storage(cfg: RunConfig, nodes: int) -> None:
+    """On `nodes` > 1 machines, every worker writes its checkpoint shard under `storage_path(cfg)` and the
+    driver resumes from what it finds there, so a local disk would split a checkpoint across machines.
+    `ConfigError` naming `storage.path`, the node count and the fixes, unless the path is an object store URI
+    (s3://, gs://, ...) or `storage.shared` declares a filesystem every node mounts at that path (NFS)."""
+    root = storage_path(cfg)
+    if nodes > 1 and ("://" not in root or root.startswith("file://")) and not cfg.storage.shared:
+        given = cfg.storage.path or f"null (default: {RUNS_DIR / 'checkpoints'})"
+        raise ConfigError(
+            f"storage.path={given}: a local disk, but the cluster has {nodes} nodes, so each would hold only its "
+            "own workers' checkpoint shards; use an object store (storage.path=s3://BUCKET/PATH) or a filesystem "
+            "every node mounts at that path (NFS) and set storage.shared=true")
 
 
 def resume_point(run: str | Path | Location) -> Location | None:

@@ -28,8 +28,8 @@ from xlc.config import RunConfig
 from xlc.data.schema import DatasetMeta
 from xlc.errors import ConfigError
 from xlc.train import checkpoint as ckpt
-from xlc.train.driver import (exact_epoch, fit_inputs, keep_best, prepare, reported, restored, resume_point,
-                              run_dir, start_over)
+from xlc.train.driver import (check_shared_storage, exact_epoch, fit_inputs, keep_best, prepare, reported,
+                              restored, resume_point, run_dir, start_over)
 from xlc.train.evaluation import barrier
 from xlc.train.worker import train_loop
 
@@ -104,6 +104,7 @@ def train(cfg: RunConfig, restart: bool = False) -> dict | None:
     if not run_dir(cfg).is_local:
         raise ConfigError(f"storage.path={cfg.storage.path!r}: --local writes checkpoints to a filesystem path (local "
                           "or shared); give one, or train without --local (Ray Train uploads them to object storage)")
+    check_shared_storage(cfg, int(os.environ.get("GROUP_WORLD_SIZE", 1)))  # torchrun: its agents, one per node
     if not restart:
         resume_point(run_dir(cfg))  # every checkpoint corrupt: exit 2 now, not a silent restart from step 0
     rank, world, device = init_distributed(cfg.use_gpu)

@@ -32,8 +32,8 @@ from xlc.data.location import open_location  # noqa: E402
 from xlc.errors import XlcError  # noqa: E402
 from xlc.report import log_run_report  # noqa: E402
 from xlc.train import stream  # noqa: E402
-from xlc.train.driver import (fit_inputs, prepare, prune_unrecorded, reported, restored, resume_point,  # noqa: E402
-                              run_dir, start_over, storage_path)
+from xlc.train.driver import (check_shared_storage, fit_inputs, prepare, prune_unrecorded, reported,  # noqa: E402
+                              restored, resume_point, run_dir, start_over, storage_path)
 from xlc.train.ray_runtime import train_loop_per_worker  # noqa: E402
 
 def ensure_ray(num_workers: int) -> None:
@@ -65,6 +65,16 @@ def ensure_ray(num_workers: int) -> None:
         signal.signal(signal.SIGTERM, sigterm)  # ray.init replaces it with one that exits the process
 
 
+def cluster_nodes(num_workers: int) -> int:
+    """The alive nodes of the Ray cluster the run will use, connecting to it first where RAY_ADDRESS names one
+    (`ray job submit` sets it); 1 where xlc is to start a local Ray itself, which is one node, not started yet.
+    Nodes an autoscaler adds later are not counted."""
+    if not os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
+        return 1
+    ensure_ray(num_workers)
+    return sum(1 for node in ray.nodes() if node["Alive"])
+
+
 class _Trainer(TorchTrainer):
     def _register_sigint_handler(self, controller) -> None:
         """Keep Python's own SIGINT handling: Ctrl-C raises `KeyboardInterrupt` out of `fit`, so the run ends
@@ -75,6 +85,7 @@ def train(cfg: RunConfig, restart: bool = False) -> dict:
     """Run (or resume; `restart`: start over from step 0) `cfg` and return {"run_id", "metrics"} with the final
     evaluation."""
     cfg, meta = prepare(cfg)  # fail fast, before Ray or MLflow start, on a bad dataset or option value
+    check_shared_storage(cfg, cluster_nodes(cfg.workers))  # before --restart deletes anything
     run = run_dir(cfg)
     if restart:
         start_over(cfg)
