@@ -30,6 +30,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from xlc.config import RUNS_DIR, RunConfig  # noqa: E402
@@ -182,9 +183,18 @@ def open_training_run(cfg: RunConfig, meta, workers: int, fresh: bool = False) -
     return uri, run_id, resumed
 
 
-def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    """Terminate the run as FINISHED, FAILED or KILLED."""
-    client(uri).set_terminated(run_id, status)
+def end_run(uri: str, run_id: str, status: str = "FINISHED", attempts: int = 6) -> None:
+    """Terminate the run as FINISHED, FAILED or KILLED. A SQLite store can stay locked for a few seconds by
+    a write that a signal cut short (a metrics batch, the system-metrics thread): MLflow then answers
+    TEMPORARILY_UNAVAILABLE, and the call is retried with backoff (about 30 s in all) before it gives up."""
+    for attempt in range(attempts):
+        try:
+            client(uri).set_terminated(run_id, status)
+            return
+        except MlflowException as e:
+            if e.error_code != "TEMPORARILY_UNAVAILABLE" or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
 
 
 @contextmanager

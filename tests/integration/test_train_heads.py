@@ -33,7 +33,8 @@ def test_sharded_softmax_trains_and_evaluates_offline(run_config, xlc_cli, xlc_m
     run_id = result["run_id"]
     assert len(client.get_metric_history(run_id, "nc/nc1")) == 2
     logged = client.get_run(run_id).data.metrics
-    model, head, _, _ = load_checkpoint(checkpoint_of(run_id, uri))
+    with checkpoint_of(run_id, uri) as directory:
+        model, head, _, _ = load_checkpoint(directory)
     nc = NCAccumulator(meta.num_labels, head.in_dim)
     with torch.no_grad():
         for batch in iter_batches(synthetic_data, "train", 256):
