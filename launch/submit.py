@@ -262,7 +262,7 @@ def submit(
 
     check_shared_storage(cfg, len(alive_nodes(address)))  # as the job's driver would, before anything is uploaded
     _warn_if_untracked(job)
-    job_id = _submit_when_an_agent_answers(job_client(address), job)
+    job_id = submit_when_an_agent_answers(job_client(address), job)
     print(f"submitted job {job_id}: {job['entrypoint']}")
     print(f"follow its logs: ray job logs --follow --address {shlex.quote(address)} {job_id}")
     print(f"status / stop:   ray job status --address {shlex.quote(address)} {job_id}  |  ray job stop ...")
@@ -276,7 +276,7 @@ def submit(
 AGENT_WAIT_S = 60  # a freshly started cluster's job agents may not answer yet: Ray says "try again later"
 
 
-def _submit_when_an_agent_answers(client, job: dict) -> str:
+def submit_when_an_agent_answers(client, job: dict) -> str:
     """`client.submit_job(**job)`, retried for up to `AGENT_WAIT_S` while Ray answers that no job agent is
     available yet (the head's dashboard is up before the nodes' agents register)."""
     deadline = time.monotonic() + AGENT_WAIT_S

@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup_env.sh
 export RAY_USAGE_STATS_ENABLED=0 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
-exec .venv/bin/python -m pytest -m "not slow and not needs_packages" -q -n auto --maxprocesses 8 --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -m "not slow and not needs_packages and not manual" -q -n auto --maxprocesses 8 --dist loadgroup "$@"
