@@ -273,7 +273,7 @@ def submit(
     return job_id
 
 
-AGENT_WAIT_S = 60  # a freshly started cluster's job agents may not answer yet: Ray says "try again later"
+AGENT_WAIT_S = 180  # a fresh cluster's job agents may take a minute or more to answer: "try again later"
 
 
 def submit_when_an_agent_answers(client, job: dict) -> str:

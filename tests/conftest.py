@@ -84,11 +84,3 @@ def s3(monkeypatch) -> Iterator[S3Server]:
     with s3_server() as server:
         yield server
 
-
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n N` (tests/run.sh), every integration test runs on one xdist worker, in file order, so
-    the session shares one Ray head and one copy of each dataset fixture; the other workers take the unit and
-    gloo tests beside it (an integration test mostly waits on Ray and subprocesses, so two cores overlap)."""
-    for item in items:
-        if item.get_closest_marker("integration"):
-            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -234,6 +234,11 @@ def ray_head(num_cpus: int = 4) -> Iterator[dict]:
             "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}}
 
 
+def _agent_ports() -> str:
+    """Free ports for one node's agents, as tests/ray_cluster.py takes them."""
+    return ",".join(map(str, free_ports(4)))
+
+
 class RayCluster:
     """A Ray cluster of several nodes on 127.0.0.1, owned by a tests/ray_cluster.py process: `address` (GCS
     host:port), `dashboard` (the Jobs API URL), `head` (the head's node id); `add` a node, `kill` one."""
@@ -257,7 +262,7 @@ class RayCluster:
 
     def add(self, name: str, num_cpus: int = 1) -> str:
         """Start a node with `num_cpus` CPUs and a custom resource `name` (1); return its node id once it runs."""
-        return self._order(f"add {name} {num_cpus}")["node_id"]
+        return self._order(f"add {name} {num_cpus} {_agent_ports()}")["node_id"]
 
     def kill(self, node_id: str) -> None:
         """SIGKILL every process of a node the cluster added, all at once: a machine lost, nothing shuts down."""
@@ -271,7 +276,7 @@ def ray_cluster(head_cpus: int = 1) -> Iterator[RayCluster]:
     (dash,) = free_ports(1)
     script = str(Path(__file__).with_name("ray_cluster.py"))
     popen = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
-    with _ray_process(lambda temp_dir: [sys.executable, script, temp_dir, str(head_cpus), str(dash)],
+    with _ray_process(lambda temp_dir: [sys.executable, script, str(head_cpus), str(dash), _agent_ports()],
                       **popen) as (proc, _, log_path):
         try:
             with proc.stdin, proc.stdout:

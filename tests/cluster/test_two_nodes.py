@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,13 +33,6 @@ def data(tmp_path_factory) -> Path:
 
     return synthetic.build(str(tmp_path_factory.mktemp("data") / "synthetic"), samples=4000, labels=1000,
                            features=4096, seed=0)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[RayCluster, str]]:
-    """The cluster and the node id of its second node ("node2"); one CPU each. The module's last test kills node2."""
-    with ray_cluster(head_cpus=1) as cluster:
-        yield cluster, cluster.add("node2", num_cpus=1)
 
 
 def _overrides(name: str, data: Path, storage: Path, *extra: str) -> list[str]:
@@ -82,10 +74,22 @@ def _worker_nodes(dashboard: str) -> list[str]:
     return sorted(a.node_id for a in actors if "RayTrainWorker" in a.class_name)
 
 
-def test_a_local_disk_on_two_nodes_exits_2_with_the_reason(cluster, data, tmp_path, capsys):
-    """`xlc submit` refuses before uploading anything; a job submitted past it (`ray job submit`, KubeRay) is
-    refused by its driver with the same line, before MLflow or any worker starts."""
-    dashboard = cluster[0].dashboard
+def test_a_local_disk_is_refused_then_the_run_loses_a_node_and_resumes(data, tmp_path, capsys):
+    """One scenario on one cluster (pytest-xdist would give two tests of this module a cluster each, four
+    nodes on two cores). A local-disk `storage.path`: `xlc submit` refuses before uploading anything, and a job
+    submitted past it (`ray job submit`, KubeRay) is refused by its driver with the same line, before MLflow or
+    any worker starts. Declared shared: the run trains one worker per node, loses node2 mid-run and resumes on
+    its replacement to completion."""
+    (tmp_path / "local").mkdir()
+    (tmp_path / "shared").mkdir()
+    with ray_cluster(head_cpus=1) as cluster:
+        node2 = cluster.add("node2", num_cpus=1)
+        _local_disk_exits_2_with_the_reason(cluster, data, tmp_path / "local", capsys)
+        _workers_on_both_nodes_lose_one_and_resume(cluster, node2, data, tmp_path / "shared", capsys)
+
+
+def _local_disk_exits_2_with_the_reason(cluster: RayCluster, data: Path, tmp_path: Path, capsys) -> None:
+    dashboard = cluster.dashboard
     overrides = _overrides("local-disk", data, tmp_path / "ckpt")
     status, out, err = _submit(capsys, EXAMPLE, "--address", dashboard, "--working-dir", str(ROOT),
                                "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *overrides)
@@ -103,9 +107,8 @@ def test_a_local_disk_on_two_nodes_exits_2_with_the_reason(cluster, data, tmp_pa
     assert not (tmp_path / "ckpt").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.manual  # failed 2 of 4 fresh-clone runs on 2026-11-28 (job agent not ready; a job driver whose cwd vanished): kept out of CI until it is reliable
-def test_workers_on_both_nodes_lose_one_and_resume_to_completion(cluster, data, tmp_path, capsys):
-    cluster, node2 = cluster
+def _workers_on_both_nodes_lose_one_and_resume(cluster: RayCluster, node2: str, data: Path, tmp_path: Path,
+                                               capsys) -> None:
     dashboard, uri = cluster.dashboard, f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = tmp_path / "ckpt"  # one machine's disk, so physically shared: declared so
     status, out, err = _submit(capsys, EXAMPLE, "--address", dashboard, "--working-dir", str(ROOT),
@@ -142,5 +145,6 @@ def test_workers_on_both_nodes_lose_one_and_resume_to_completion(cluster, data, 
     # from a checkpoint (every 5 steps) no older than the last one complete when step `killed_at` was logged
     assert (killed_at - 1) // EVERY * EVERY <= resumed < STEPS and resumed % EVERY == 0, (killed_at, resumed)
     assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "p_at_1")][-1] == STEPS
-    assert run.data.metrics["p_at_1"] > 0.05
+    # it learned across the loss: 0.69 on 2026-11-28; the most frequent test label is on 11.5% of the rows
+    assert run.data.metrics["p_at_1"] > 0.5
     assert re.search(r"restart|fail", logs, re.IGNORECASE), logs[-3000:]
