@@ -45,8 +45,19 @@ def test_width_and_depth_set_the_size():
 def test_augmentation_only_in_training_and_identity_at_zero():
     x = torch.rand(6, 1, 16, 16)
     torch.testing.assert_close(random_affine(x, strength=0.0), x, atol=1e-6, rtol=0)
-    moved = random_affine(x, strength=1.0)
-    assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 1 and not torch.allclose(moved, x)
+    # intensity: each image a*x + b with contrast a in [0.8, 1.2], brightness b in [-0.1, 0.1], one draw per image
+    flat = random_affine(torch.full((64, 1, 16, 16), 0.5), strength=1.0)[:, :, 4:12, 4:12]  # away from the border
+    per_image = flat.flatten(1)
+    assert (per_image.std(1) < 1e-5).all() and per_image.min() >= 0.3 - 1e-6 and per_image.max() <= 0.7 + 1e-6
+    assert per_image[:, 0].unique().numel() == 64  # fresh draws per image
+    # geometry: rotation and scale about the centre, translation up to 0.12 of the half-size (2 px of 33):
+    # a lit centre pixel stays within 2 px of the centre, and moves off it in most images
+    dot = torch.zeros(64, 1, 33, 33)
+    dot[:, :, 16, 16] = 1
+    peak = random_affine(dot, strength=1.0).flatten(1).argmax(1)
+    rows, cols = peak // 33, peak % 33
+    assert ((rows - 16).abs() <= 2).all() and ((cols - 16).abs() <= 2).all()
+    assert ((rows != 16) | (cols != 16)).float().mean() > 0.5
     model = cnn({"height": 16, "width": 16, "channels": 1}, width=4, depth=[1])
     batch = Batch(targets=torch.zeros(6, dtype=torch.long), image=images(6, 16, 16, 1))
     model.eval()

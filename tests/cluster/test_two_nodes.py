@@ -146,5 +146,5 @@ def _workers_on_both_nodes_lose_one_and_resume(cluster: RayCluster, node2: str, 
     assert (killed_at - 1) // EVERY * EVERY <= resumed < STEPS and resumed % EVERY == 0, (killed_at, resumed)
     assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "p_at_1")][-1] == STEPS
     # it learned across the loss: 0.69 on 2026-11-28; the most frequent test label is on 11.5% of the rows
-    assert run.data.metrics["p_at_1"] > 0.5
+    assert run.data.metrics["p_at_1"] > 0.6
     assert re.search(r"restart|fail", logs, re.IGNORECASE), logs[-3000:]

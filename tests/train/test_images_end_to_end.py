@@ -54,5 +54,5 @@ def test_train_eval_and_open_set_retrieval(tmp_path):
     assert closed["p@1"] == pytest.approx(trained["metrics"]["p@1"])
     open_set = xlc(tmp_path, "eval", *run, "--retrieval", str(unseen))["metrics"]
     assert open_set["open_set/identities"] == 10
-    # chance 1/10; measured top-1 0.53, top-5 0.96
-    assert 0.25 < open_set["open_set/top1"] <= open_set["open_set/top5"] <= 1.0
+    # chance 1/10 and 5/10; measured top-1 0.53, top-5 0.96 (seeded, one process)
+    assert 0.4 < open_set["open_set/top1"] <= open_set["open_set/top5"] and open_set["open_set/top5"] > 0.85
